@@ -1,0 +1,214 @@
+"""Device meshes and the mapping of logical axes onto them.
+
+Owns: the mesh axis names (`data`, `fsdp`, `tensor`), the default
+logical-axis rules, mesh creation from a `(data, fsdp, tensor)` shape with
+one `-1`, and deriving shardings from the logical axis names that
+`bertjax.model` puts on every parameter (eval_shape -> partition specs ->
+NamedSharding). Shardings are always derived, never written by hand.
+
+Rules are `(logical_name, mesh_axes)` pairs; flax uses the first rule whose
+mesh axes are still free for a given array, so extra rules passed first
+override the defaults (as in t5x `standard_logical_axis_rules`).
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from bertjax import model
+
+DATA = 'data'
+FSDP = 'fsdp'
+TENSOR = 'tensor'
+MESH_AXES = (DATA, FSDP, TENSOR)
+
+Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
+
+
+def default_logical_axis_rules(extra: Sequence[Sequence[Any]] = ()) -> Rules:
+  """Logical -> mesh axis rules: data + FSDP + Megatron-style tensor parallel.
+
+  Batch is split over `data` and `fsdp`; weights are split over `fsdp` on
+  their `embed` dimension (gathered per layer by XLA) and over `tensor` on
+  heads / feed-forward / vocabulary. Activations between blocks stay
+  replicated over `tensor` (the residual stream is small for BERT).
+
+  Args:
+    extra: rules that take precedence over the defaults.
+
+  Returns:
+    A tuple of (logical name, mesh axes or None) pairs.
+  """
+  defaults = (
+    (model.ACTIVATION_BATCH, (DATA, FSDP)),
+    (model.ACTIVATION_LENGTH, None),
+    (model.ACTIVATION_EMBED, None),
+    (model.ACTIVATION_MLP, TENSOR),
+    (model.ACTIVATION_HEADS, TENSOR),
+    (model.ACTIVATION_KV, None),
+    (model.VOCAB, TENSOR),
+    (model.EMBED, FSDP),
+    (model.MLP, TENSOR),
+    (model.HEADS, TENSOR),
+    (model.KV, None),
+    (model.LAYERS, None),
+    (model.POSITION, None),
+    (model.TOKEN_TYPE, None),
+    (model.CLASSES, None),
+  )
+  return tuple(tuple(rule) for rule in extra) + defaults
+
+
+def resolve_mesh_shape(
+  shape: Sequence[int], num_devices: int
+) -> tuple[int, ...]:
+  """Fills the single `-1` in a `(data, fsdp, tensor)` shape.
+
+  Raises:
+    ValueError: wrong length, more than one -1, or a product that does not
+      equal the device count.
+  """
+  shape = tuple(int(s) for s in shape)
+  if len(shape) != len(MESH_AXES):
+    raise ValueError(
+      f'mesh shape {shape} must have {len(MESH_AXES)} entries {MESH_AXES}'
+    )
+  if shape.count(-1) > 1:
+    raise ValueError(f'mesh shape {shape} has more than one -1')
+  if any(s == 0 or s < -1 for s in shape):
+    raise ValueError(f'mesh shape {shape} has an entry that is not >= 1')
+  known = int(np.prod([s for s in shape if s != -1]))
+  if -1 in shape:
+    if num_devices % known:
+      raise ValueError(
+        f'mesh shape {shape} cannot fill {num_devices} devices: '
+        f'{num_devices} is not divisible by {known}'
+      )
+    shape = tuple(num_devices // known if s == -1 else s for s in shape)
+  elif known != num_devices:
+    raise ValueError(
+      f'mesh shape {dict(zip(MESH_AXES, shape))} needs {known} devices, '
+      f'but there are {num_devices}'
+    )
+  return shape
+
+
+def create_mesh(
+  shape: Sequence[int] = (-1, 1, 1), devices: Sequence[Any] | None = None
+) -> Mesh:
+  """A `(data, fsdp, tensor)` mesh over all (global) devices.
+
+  Args:
+    shape: sizes of (data, fsdp, tensor); one may be -1 to use the rest.
+    devices: defaults to `jax.devices()` (every process's devices).
+  """
+  devices = jax.devices() if devices is None else list(devices)
+  shape = resolve_mesh_shape(shape, len(devices))
+  # Auto axes keep GSPMD propagation with sharding constraints (the model
+  # constrains activations by logical names).
+  axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+  return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
+
+
+def _fit_spec(spec: PartitionSpec, shape, mesh: Mesh) -> PartitionSpec:
+  """Drops mesh axes from dimensions they do not divide evenly.
+
+  jit cannot produce arrays whose dimension is not a multiple of its shard
+  count (e.g. BERT's 30,522-word vocabulary over 4 tensor shards); such a
+  dimension is replicated over that axis instead.
+  """
+  fitted = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = (
+      () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+    )
+    kept = []
+    size = 1
+    for name in names:
+      if dim % (size * mesh.shape[name]) == 0:
+        kept.append(name)
+        size *= mesh.shape[name]
+      else:
+        logging.log_first_n(
+          logging.INFO,
+          'dimension of size %d is not divisible over mesh axis %r; '
+          'replicating it over that axis',
+          10,
+          dim,
+          name,
+        )
+    fitted.append(
+      None if not kept else kept[0] if len(kept) == 1 else tuple(kept)
+    )
+  while fitted and fitted[-1] is None:
+    fitted.pop()
+  return PartitionSpec(*fitted)
+
+
+def get_shardings(abstract_boxed: Any, mesh: Mesh, rules: Rules) -> Any:
+  """NamedShardings for a tree of (abstract) arrays boxed with logical axes.
+
+  Args:
+    abstract_boxed: output of `jax.eval_shape` of a function returning flax
+      variables with `nn.Partitioned` boxes (unboxed leaves are replicated).
+    mesh: the device mesh.
+    rules: logical-axis rules.
+
+  Returns:
+    A tree of `NamedSharding` shaped like `nn.unbox(abstract_boxed)`.
+  """
+  logical = nn.get_partition_spec(abstract_boxed)
+  mesh_specs = nn.logical_to_mesh(logical, rules)
+  shapes = nn.unbox(abstract_boxed)
+  return jax.tree.map(
+    lambda spec, x: NamedSharding(mesh, _fit_spec(spec, x.shape, mesh)),
+    mesh_specs,
+    shapes,
+    is_leaf=lambda x: isinstance(x, PartitionSpec),
+  )
+
+
+def create_sharded(
+  init_fn: Callable[..., Any], mesh: Mesh, rules: Rules, *args: Any
+) -> tuple[Any, Any]:
+  """Runs `init_fn(*args)` so that its outputs are born sharded.
+
+  Args:
+    init_fn: returns flax variables boxed with logical axis names.
+    mesh: the device mesh.
+    rules: logical-axis rules.
+    *args: arguments of init_fn (e.g. an rng key).
+
+  Returns:
+    (unboxed variables placed on the mesh, their NamedSharding tree).
+  """
+  abstract = jax.eval_shape(init_fn, *args)
+  shardings = get_shardings(abstract, mesh, rules)
+  # No logical-axis rules here: flax's DenseGeneral initialises its kernel
+  # flat and would apply the 3-D constraint to a 2-D array. out_shardings
+  # alone places every output.
+  with jax.set_mesh(mesh):
+    variables = jax.jit(
+      lambda *a: nn.unbox(init_fn(*a)), out_shardings=shardings
+    )(*args)
+  return variables, shardings
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dimension split over `data` and `fsdp`."""
+  return NamedSharding(mesh, PartitionSpec((DATA, FSDP)))
+
+
+def get_fraction_replicated(variables: Any) -> float:
+  """Fraction of parameter bytes stored on every device (not sharded)."""
+  total = replicated = 0
+  for x in jax.tree.leaves(variables):
+    total += x.nbytes
+    if x.sharding.is_fully_replicated:
+      replicated += x.nbytes
+  return replicated / max(total, 1)

@@ -1,0 +1,1 @@
+"""Training recipes: one `get_config(arg=None)` per file."""

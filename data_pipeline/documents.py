@@ -1,0 +1,684 @@
+"""Raw text to documents: file formats, sentence splitting, input accounting.
+
+This module owns everything between bytes on disk and a *document*, the unit
+the pretraining-pair builder works on: a list of sentences (`list[str]`), in
+order, none empty. It reads
+
+- BERT-format text (`bert`): one sentence per line, a blank line between
+  documents (google-research/bert `create_pretraining_data.py` input);
+- plain documents: one per line (`lines`) or one per file (`file`);
+- JSONL (`jsonl`) or CSV with a header (`csv`), the text in a named field;
+- any TFDS dataset by name, split and `data_dir` (`read_tfds_documents`);
+
+from local paths, globs or `gs://` URLs through `tf.io.gfile`, and splits
+plain text into sentences (English abbreviations, initials and decimals;
+Chinese 。！？；).
+
+Bad input never crashes the reader and is never dropped silently: every
+input that is skipped, and every one that is kept but repaired, is counted in
+a `Stats` object under a reason (the `SKIP_*` and `FLAG_*` constants), with a
+few locations to look at. Memory is bounded whatever the input: files are
+read in chunks, a line longer than `max_line_bytes` (say 10 MB with no
+newline) is cut into pieces, and a document longer than
+`max_document_chars` is cut into several.
+"""
+
+import codecs
+import csv
+import dataclasses
+import json
+import re
+from collections.abc import Iterable, Iterator, Sequence
+
+import tensorflow as tf
+
+# Reasons an input is skipped (its text does not reach the output).
+SKIP_NO_MATCH = 'pattern_matches_no_file'
+SKIP_DIRECTORY = 'is_a_directory'
+SKIP_FILE_NOT_FOUND = 'file_not_found'
+SKIP_READ_ERROR = 'read_error'
+# A file that gave no document: empty, blank, or all its records skipped.
+SKIP_EMPTY_FILE = 'empty_file'
+SKIP_EMPTY_DOCUMENT = 'empty_document'
+SKIP_INVALID_UTF8 = 'invalid_utf8_line'
+SKIP_INVALID_JSON = 'invalid_json_line'
+SKIP_INVALID_CSV = 'invalid_csv_row'
+SKIP_MISSING_FIELD = 'missing_text_field'
+SKIP_LINE_TOO_LONG = 'record_line_too_long'
+
+# Reasons an input is kept but repaired or worth knowing about.
+FLAG_INVALID_UTF8 = 'invalid_utf8_replaced'
+FLAG_CONTROL_CHARS = 'control_characters_removed'
+FLAG_LONG_LINE = 'long_line_cut'
+FLAG_LONG_DOCUMENT = 'long_document_cut'
+FLAG_SINGLE_SENTENCE = 'single_sentence_document'
+
+FORMATS = ('auto', 'bert', 'lines', 'file', 'jsonl', 'csv')
+_FORMAT_BY_EXTENSION = {'.jsonl': 'jsonl', '.json': 'jsonl', '.csv': 'csv'}
+
+# How many locations each reason keeps, to point the user at examples.
+_MAX_LOCATIONS = 5
+
+
+@dataclasses.dataclass
+class Stats:
+  """Counts of what was read, skipped and repaired; mergeable across workers.
+
+  Attributes:
+    files: files opened and read to the end.
+    bytes: bytes read (of vanished or failing files too, up to the failure).
+    documents: documents produced.
+    sentences: sentences in those documents.
+    skipped: reason -> number of inputs (files, lines, rows, documents) whose
+      text was dropped.
+    flagged: reason -> number of inputs kept but repaired or unusual.
+    locations: reason -> up to five `path:line` strings where it happened.
+  """
+
+  files: int = 0
+  bytes: int = 0
+  documents: int = 0
+  sentences: int = 0
+  skipped: dict[str, int] = dataclasses.field(default_factory=dict)
+  flagged: dict[str, int] = dataclasses.field(default_factory=dict)
+  locations: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+  def skip(self, reason: str, where: str, count: int = 1) -> None:
+    """Counts `count` inputs skipped for `reason` at `where`."""
+    self.skipped[reason] = self.skipped.get(reason, 0) + count
+    self._locate(reason, where)
+
+  def flag(self, reason: str, where: str, count: int = 1) -> None:
+    """Counts `count` inputs kept but repaired or unusual for `reason`."""
+    self.flagged[reason] = self.flagged.get(reason, 0) + count
+    self._locate(reason, where)
+
+  def _locate(self, reason: str, where: str) -> None:
+    seen = self.locations.setdefault(reason, [])
+    if len(seen) < _MAX_LOCATIONS:
+      seen.append(where)
+
+  def merge(self, other: 'Stats') -> None:
+    """Adds `other`'s counts into this object."""
+    self.files += other.files
+    self.bytes += other.bytes
+    self.documents += other.documents
+    self.sentences += other.sentences
+    for mine, theirs in (
+      (self.skipped, other.skipped),
+      (self.flagged, other.flagged),
+    ):
+      for reason, count in theirs.items():
+        mine[reason] = mine.get(reason, 0) + count
+    for reason, where in other.locations.items():
+      seen = self.locations.setdefault(reason, [])
+      seen.extend(where[: _MAX_LOCATIONS - len(seen)])
+
+  def to_dict(self) -> dict:
+    """A JSON-ready dict, reasons sorted so the JSON is stable."""
+    return {
+      'files': self.files,
+      'bytes': self.bytes,
+      'documents': self.documents,
+      'sentences': self.sentences,
+      'skipped': dict(sorted(self.skipped.items())),
+      'flagged': dict(sorted(self.flagged.items())),
+      'locations': dict(sorted(self.locations.items())),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadOptions:
+  """How to read input files.
+
+  Attributes:
+    input_format: one of `FORMATS`; `auto` picks `jsonl` for `.jsonl`/`.json`,
+      `csv` for `.csv` and `bert` for anything else.
+    text_field: the JSON key or CSV column holding a document's text.
+    invalid_utf8: `replace` decodes invalid bytes as U+FFFD and keeps the line
+      (flagged); `skip` drops the line (skipped).
+    chunk_bytes: bytes read from a file at a time.
+    max_line_bytes: a longer line is cut, at a space where possible, into
+      pieces of at most this size: in text formats each piece goes through
+      the sentence splitter; a JSONL/CSV record that long is skipped.
+    max_document_chars: a longer document is cut into several, so that no
+      document (and no buffer built from one) grows without bound.
+  """
+
+  input_format: str = 'auto'
+  text_field: str = 'text'
+  invalid_utf8: str = 'replace'
+  chunk_bytes: int = 1 << 20
+  max_line_bytes: int = 1 << 20
+  max_document_chars: int = 1 << 22
+
+  def __post_init__(self):
+    if self.input_format not in FORMATS:
+      raise ValueError(
+        f'input_format must be one of {FORMATS}, not {self.input_format!r}'
+      )
+    if self.invalid_utf8 not in ('replace', 'skip'):
+      raise ValueError(
+        f"invalid_utf8 must be 'replace' or 'skip', not {self.invalid_utf8!r}"
+      )
+
+
+# ---------------------------------------------------------------------------
+# Sentence splitting.
+
+# Words that end with a period without ending a sentence (lower case, no
+# final period). Initials (`J.`) and dotted acronyms (`U.S.`) are recognised
+# by shape instead.
+_ABBREVIATIONS = frozenset(
+  """
+  mr mrs ms messrs dr prof sr jr st mt ft rev hon pres gov sen rep gen col lt
+  maj capt cmdr adm sgt cpl pvt supt insp det amb atty
+  inc ltd co corp bros dept univ assn assoc intl natl
+  jan feb mar apr jun jul aug sep sept oct nov dec
+  mon tue tues wed thu thur thurs fri sat sun
+  vs etc al cf ca approx est fig figs eq vol vols no nos pp ed eds op ch sec
+  ave blvd rd hwy mph
+  """.split()
+)
+# A candidate boundary: a run of end punctuation and closing quotes or
+# brackets, and the space after it. The pattern starts with one character
+# class so that `re` scans for it quickly (a pattern of alternatives is ~6x
+# slower); which candidates are real boundaries is decided in Python.
+_CJK_END = '。！？；'
+_BOUNDARY_RE = re.compile(
+  r'[.!?' + _CJK_END + r'][.!?' + _CJK_END + r'”’"\')\]」』）》〕】]*(\s*)'
+)
+_CLOSERS = '”’"\')]」』）》〕】'
+_LAST_WORD_RE = re.compile(r'[^\W\d_]+(?:\.[^\W\d_]+)*$')
+# `U.S`, `e.g`, `p.m` (before their final period), or one capital: `J`.
+_INITIALS_RE = re.compile(r'^(?:(?:[^\W\d_]\.)+[^\W\d_]|[^\W\d_a-z])$')
+
+
+def _is_cjk(char: str) -> bool:
+  """Whether `char` is a CJK ideograph or full-width form (no spaces)."""
+  return '\u3000' <= char <= '\u9fff' or '\uff00' <= char <= '\uffef'
+
+
+def _is_abbreviation(text: str, period: int) -> bool:
+  """Whether the period at `text[period]` ends an abbreviation or initial."""
+  start = text.rfind(' ', 0, period) + 1
+  # The letters (and inner periods) just before the period: `Sen` in
+  # `choice,"?Sen.` (the news corpus glues words to broken quotes).
+  match = _LAST_WORD_RE.search(text, start, period)
+  if not match:
+    return False
+  word = match.group(0)
+  if word.lower() in _ABBREVIATIONS:
+    return True
+  # `J.`, `U.S.`, `e.g.`: single letters separated by periods, or a single
+  # capital (an initial; a lower-case letter ends sentences like `plan b.`).
+  return _INITIALS_RE.match(word) is not None
+
+
+def _is_boundary(text: str, match: re.Match) -> bool:
+  """Whether a candidate from `_BOUNDARY_RE` really ends a sentence."""
+  punct = match.group(0)
+  end = match.end()
+  following = text[end : end + 1]
+  if not punct.isascii() and any(c in _CJK_END for c in punct):
+    return True
+  if not following:
+    return True
+  # Latin punctuation ends a sentence only before space or a CJK character:
+  # `3.14`, `U.S.-based`, `Yahoo!Mail` stay whole.
+  if not match.group(1) and not _is_cjk(following):
+    return False
+  if following.islower():
+    return False
+  if punct.rstrip(_CLOSERS + ' \t\n') == '.':
+    return not _is_abbreviation(text, match.start())
+  return True
+
+
+def split_sentences(text: str) -> list[str]:
+  """Splits a paragraph into sentences.
+
+  A period ends a sentence only when followed by space (so decimals like 3.14
+  stay whole), not after a known abbreviation, initial or dotted acronym, and
+  not before a lower-case word. `!` and `?` end sentences too; 。！？；
+  always do, with no space needed.
+
+  Args:
+    text: one paragraph; newlines are treated as spaces.
+
+  Returns:
+    The sentences, stripped, none empty.
+  """
+  sentences = []
+  start = 0
+  for match in _BOUNDARY_RE.finditer(text):
+    if not _is_boundary(text, match):
+      continue
+    sentence = text[start : match.end()].strip()
+    if sentence:
+      sentences.append(sentence)
+    start = match.end()
+  tail = text[start:].strip()
+  if tail:
+    sentences.append(tail)
+  return sentences
+
+
+# ---------------------------------------------------------------------------
+# Lines: chunked reading, decoding and cleaning.
+
+# C0 and C1 control characters except tab and newline, plus the Unicode line
+# and paragraph separators: they would break lines or the tokenizer.
+_CONTROL_RE = re.compile('[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]')
+
+
+def _cut_point(buf: bytes, limit: int) -> int:
+  """Where to cut an over-long line: after the last space, else on a UTF-8
+  character boundary, so neither a word nor a character is split."""
+  space = buf.rfind(b' ', limit // 2, limit)
+  if space > 0:
+    return space + 1
+  cut = limit
+  # UTF-8 continuation bytes are 0b10xxxxxx; back up to a leading byte.
+  while cut > limit - 4 and (buf[cut] & 0xC0) == 0x80:
+    cut -= 1
+  return cut
+
+
+@dataclasses.dataclass
+class _Line:
+  """One decoded line, or one piece of a line cut for being too long."""
+
+  text: str
+  number: int
+  # True for every piece of a line longer than `max_line_bytes`.
+  is_piece: bool
+
+
+def _read_raw_lines(
+  path: str, options: ReadOptions, stats: Stats
+) -> Iterator[tuple[bytes, int, bool]]:
+  """Yields (bytes, line number, is_piece) from `path`, reading in chunks.
+
+  Raises:
+    tf.errors.OpError, OSError: the file vanished or could not be read.
+  """
+  limit = options.max_line_bytes
+  buf = b''
+  number = 1
+  in_long_line = False
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    while True:
+      chunk = f.read(options.chunk_bytes)
+      if not chunk:
+        break
+      # Counted as read, so that progress shows while a big file is read.
+      stats.bytes += len(chunk)
+      buf += chunk
+      lines = buf.split(b'\n')
+      buf = lines.pop()
+      for line in lines:
+        yield line, number, in_long_line
+        number += 1
+        in_long_line = False
+      while len(buf) > limit:
+        if not in_long_line:
+          stats.flag(FLAG_LONG_LINE, f'{path}:{number}')
+        in_long_line = True
+        cut = _cut_point(buf, limit)
+        yield buf[:cut], number, True
+        buf = buf[cut:]
+  if buf:
+    yield buf, number, in_long_line
+  stats.files += 1
+
+
+def _read_lines(
+  path: str, options: ReadOptions, stats: Stats
+) -> Iterator[_Line]:
+  """Yields decoded, cleaned lines of `path`, counting what was repaired.
+
+  Raises:
+    tf.errors.OpError, OSError: the file vanished or could not be read.
+  """
+  decoder_errors = 'replace' if options.invalid_utf8 == 'replace' else 'strict'
+  first = True
+  for raw, number, is_piece in _read_raw_lines(path, options, stats):
+    where = f'{path}:{number}'
+    try:
+      text = codecs.decode(raw, 'utf-8')
+    except UnicodeDecodeError:
+      if decoder_errors == 'strict':
+        stats.skip(SKIP_INVALID_UTF8, where)
+        continue
+      text = codecs.decode(raw, 'utf-8', 'replace')
+      stats.flag(FLAG_INVALID_UTF8, where)
+    if first:
+      text = text.removeprefix('\ufeff')
+      first = False
+    if text.endswith('\r'):
+      text = text[:-1]
+    if _CONTROL_RE.search(text):
+      text = _CONTROL_RE.sub(' ', text)
+      stats.flag(FLAG_CONTROL_CHARS, where)
+    yield _Line(text, number, is_piece)
+
+
+# ---------------------------------------------------------------------------
+# Documents from each format.
+
+
+# A document as the readers produce it: its sentences and where it starts.
+_Located = tuple[list[str], str]
+
+
+class _DocumentBuilder:
+  """Accumulates sentences into documents, cutting over-long ones."""
+
+  def __init__(self, max_chars: int, stats: Stats):
+    self._max_chars = max_chars
+    self._stats = stats
+    self._sentences: list[str] = []
+    self._chars = 0
+    self._where = ''
+
+  def add(self, sentences: Iterable[str], where: str) -> list[_Located]:
+    """Adds sentences; returns the documents completed by a cut, if any."""
+    done = []
+    for sentence in sentences:
+      if self._sentences and self._chars + len(sentence) > self._max_chars:
+        self._stats.flag(FLAG_LONG_DOCUMENT, where)
+        done.append(self.finish())
+      if not self._sentences:
+        self._where = where
+      self._sentences.append(sentence)
+      self._chars += len(sentence)
+    return done
+
+  def finish(self) -> _Located:
+    """Ends the current document; returns its sentences (maybe none)."""
+    document = (self._sentences, self._where)
+    self._sentences, self._chars = [], 0
+    return document
+
+
+def _text_to_sentences(text: str) -> Iterator[str]:
+  """Splits text of several paragraphs (newline separated) into sentences."""
+  for paragraph in text.split('\n'):
+    yield from split_sentences(paragraph)
+
+
+def _bert_documents(path, options, stats) -> Iterator[_Located]:
+  builder = _DocumentBuilder(options.max_document_chars, stats)
+  for line in _read_lines(path, options, stats):
+    where = f'{path}:{line.number}'
+    text = line.text.strip()
+    if not text:
+      yield builder.finish()
+      continue
+    # A line too long to be a sentence is prose: split it.
+    sentences = split_sentences(text) if line.is_piece else [text]
+    yield from builder.add(sentences, where)
+  yield builder.finish()
+
+
+def _line_documents(path, options, stats) -> Iterator[_Located]:
+  builder = _DocumentBuilder(options.max_document_chars, stats)
+  number = 0
+  for line in _read_lines(path, options, stats):
+    # The pieces of a cut line share its number and its document.
+    if line.number != number:
+      yield builder.finish()
+      number = line.number
+    yield from builder.add(split_sentences(line.text), f'{path}:{line.number}')
+  yield builder.finish()
+
+
+def _file_documents(path, options, stats) -> Iterator[_Located]:
+  builder = _DocumentBuilder(options.max_document_chars, stats)
+  for line in _read_lines(path, options, stats):
+    yield from builder.add(split_sentences(line.text), f'{path}:{line.number}')
+  yield builder.finish()
+
+
+def _record_text(record, field: str, where: str, stats: Stats) -> str | None:
+  """The text field of a JSON object or CSV row, or None (counted)."""
+  text = record.get(field) if isinstance(record, dict) else None
+  if not isinstance(text, str):
+    stats.skip(SKIP_MISSING_FIELD, where)
+    return None
+  return text
+
+
+def _jsonl_documents(path, options, stats) -> Iterator[_Located]:
+  skipped_line = 0
+  for line in _read_lines(path, options, stats):
+    where = f'{path}:{line.number}'
+    if line.is_piece:
+      # A JSON record cannot be parsed a piece at a time.
+      if line.number != skipped_line:
+        stats.skip(SKIP_LINE_TOO_LONG, where)
+        skipped_line = line.number
+      continue
+    if not line.text.strip():
+      continue
+    try:
+      record = json.loads(line.text)
+    except json.JSONDecodeError:
+      stats.skip(SKIP_INVALID_JSON, where)
+      continue
+    text = _record_text(record, options.text_field, where, stats)
+    if text is not None:
+      yield from _split_record(text, where, options, stats)
+
+
+def _split_record(text, where, options, stats) -> Iterator[_Located]:
+  """A record's text as one document (or several, if over-long)."""
+  builder = _DocumentBuilder(options.max_document_chars, stats)
+  yield from builder.add(_text_to_sentences(text), where)
+  document = builder.finish()
+  if document[0]:
+    yield document
+  else:
+    stats.skip(SKIP_EMPTY_DOCUMENT, where)
+
+
+def _csv_documents(path, options, stats) -> Iterator[_Located]:
+  lines = _read_lines(path, options, stats)
+  numbers = []
+
+  def text_lines():
+    skipped_line = 0
+    for line in lines:
+      if line.is_piece:
+        if line.number != skipped_line:
+          stats.skip(SKIP_LINE_TOO_LONG, f'{path}:{line.number}')
+          skipped_line = line.number
+        continue
+      numbers.append(line.number)
+      yield line.text + '\n'
+
+  # The csv module keeps its field limit process-wide; a document-sized field
+  # is legitimate here, and memory is bounded by max_line_bytes anyway.
+  csv.field_size_limit(max(csv.field_size_limit(), options.max_line_bytes))
+  reader = csv.DictReader(text_lines())
+  while True:
+    try:
+      row = next(reader)
+    except StopIteration:
+      return
+    except csv.Error:
+      stats.skip(SKIP_INVALID_CSV, f'{path}:{numbers[-1] if numbers else 1}')
+      continue
+    where = f'{path}:{numbers[-1]}'
+    if options.text_field not in (reader.fieldnames or ()):
+      stats.skip(SKIP_MISSING_FIELD, f'{path}:1')
+      return
+    text = _record_text(row, options.text_field, where, stats)
+    if text is not None:
+      yield from _split_record(text, where, options, stats)
+
+
+_READERS = {
+  'bert': _bert_documents,
+  'lines': _line_documents,
+  'file': _file_documents,
+  'jsonl': _jsonl_documents,
+  'csv': _csv_documents,
+}
+
+
+def get_format(path: str, options: ReadOptions) -> str:
+  """The format `path` is read in under `options`."""
+  if options.input_format != 'auto':
+    return options.input_format
+  for extension, name in _FORMAT_BY_EXTENSION.items():
+    if path.lower().endswith(extension):
+      return name
+  return 'bert'
+
+
+def expand_patterns(patterns: str | Sequence[str], stats: Stats) -> list[str]:
+  """Expands globs (local or `gs://`) into a sorted, de-duplicated file list.
+
+  A pattern that matches nothing, and a directory that a glob matched, are
+  counted as skipped.
+
+  Args:
+    patterns: a glob, a comma-separated string of globs, or a list of them.
+    stats: where skipped patterns and directories are counted.
+
+  Returns:
+    The matched files, sorted so the order never depends on the file system.
+
+  Raises:
+    FileNotFoundError: nothing at all matched.
+  """
+  if isinstance(patterns, str):
+    patterns = patterns.split(',')
+  files = set()
+  for pattern in patterns:
+    pattern = pattern.strip()
+    if not pattern:
+      continue
+    matches = tf.io.gfile.glob(pattern)
+    if not matches:
+      stats.skip(SKIP_NO_MATCH, pattern)
+    for path in matches:
+      if tf.io.gfile.isdir(path):
+        stats.skip(SKIP_DIRECTORY, path)
+      else:
+        files.add(path)
+  if not files:
+    raise FileNotFoundError(f'no input file matches {",".join(patterns)!r}')
+  return sorted(files)
+
+
+def read_file_documents(
+  path: str, options: ReadOptions, stats: Stats
+) -> Iterator[list[str]]:
+  """Yields the documents of one file; never raises for bad input.
+
+  A file that is missing (it may vanish between the glob and the read) or
+  fails mid-read is counted as skipped; documents already read from it are
+  kept, the one being read when it failed is dropped and counted.
+
+  Args:
+    path: a local path or `gs://` URL.
+    options: how to read it.
+    stats: where documents, skips and repairs are counted.
+
+  Yields:
+    Documents: lists of sentences, none empty.
+  """
+  reader = _READERS[get_format(path, options)]
+  produced = 0
+  try:
+    for sentences, where in reader(path, options, stats):
+      if not sentences:
+        continue
+      if len(sentences) == 1:
+        stats.flag(FLAG_SINGLE_SENTENCE, where)
+      stats.documents += 1
+      stats.sentences += len(sentences)
+      produced += 1
+      yield sentences
+  except tf.errors.NotFoundError:
+    stats.skip(SKIP_FILE_NOT_FOUND, path)
+    return
+  except (tf.errors.OpError, OSError) as e:
+    stats.skip(SKIP_READ_ERROR, f'{path}: {type(e).__name__}')
+    return
+  if not produced:
+    stats.skip(SKIP_EMPTY_FILE, path)
+
+
+def read_documents(
+  paths: Sequence[str], options: ReadOptions, stats: Stats
+) -> Iterator[list[str]]:
+  """Yields the documents of `paths` in order (see `read_file_documents`)."""
+  for path in paths:
+    yield from read_file_documents(path, options, stats)
+
+
+def read_tfds_documents(
+  name: str,
+  split: str,
+  data_dir: str | None,
+  stats: Stats,
+  text_field: str = 'text',
+  max_document_chars: int = ReadOptions.max_document_chars,
+) -> Iterator[list[str]]:
+  """The documents of a TFDS text dataset that is already prepared.
+
+  Never downloads (`download=False`): prepare the dataset first, or build one
+  from local files with `python -m data_pipeline.build_tfds`. Each example's
+  `text_field` is one document; newlines in it separate paragraphs. The
+  dataset is opened now, so a missing one fails here, not when iterated.
+
+  Args:
+    name: dataset name with optional config and version, e.g.
+      `wikipedia/20230601.en`.
+    split: a TFDS split, slicing allowed (`train[:10%]`).
+    data_dir: where the prepared dataset lives (TFDS default if None).
+    stats: where documents and skips are counted.
+    text_field: the feature holding the text.
+    max_document_chars: longer documents are cut into several.
+
+  Returns:
+    An iterator of documents: lists of sentences, none empty.
+
+  Raises:
+    tfds.core.DatasetNotFoundError (a ValueError), AssertionError: the dataset
+      is unknown or not prepared in `data_dir`.
+    ValueError: the dataset has no `text_field` feature.
+  """
+  import tensorflow_datasets as tfds  # Heavy; only TFDS inputs need it.
+
+  ds = tfds.load(name, split=split, data_dir=data_dir, download=False)
+  if text_field not in ds.element_spec:
+    raise ValueError(
+      f'{name} has no feature {text_field!r}: it has {sorted(ds.element_spec)}'
+    )
+  options = ReadOptions(max_document_chars=max_document_chars)
+  return _tfds_documents(ds, f'{name}/{split}', text_field, options, stats)
+
+
+def _tfds_documents(ds, source, text_field, options, stats):
+  for number, example in enumerate(ds.as_numpy_iterator()):
+    where = f'{source}:{number}'
+    raw = example[text_field]
+    try:
+      text = codecs.decode(raw, 'utf-8')
+    except UnicodeDecodeError:
+      text = codecs.decode(raw, 'utf-8', 'replace')
+      stats.flag(FLAG_INVALID_UTF8, where)
+    if _CONTROL_RE.search(text):
+      text = _CONTROL_RE.sub(' ', text)
+      stats.flag(FLAG_CONTROL_CHARS, where)
+    for sentences, _ in _split_record(text, where, options, stats):
+      if len(sentences) == 1:
+        stats.flag(FLAG_SINGLE_SENTENCE, where)
+      stats.documents += 1
+      stats.sentences += len(sentences)
+      yield sentences

@@ -1,0 +1,266 @@
+"""Tests of data_pipeline.masking on real English and Chinese news."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from data_pipeline import corpora, masking, tokenizers
+
+SEQ_LEN = 128
+
+
+@pytest.fixture(scope='module')
+def tokenizer():
+  return tokenizers.create_tokenizer(corpora.pretrained_model_dir())
+
+
+@pytest.fixture(scope='module')
+def examples(tokenizer):
+  """About 125k real tokens as `[CLS] A [SEP] B [SEP]` rows of MiniLM ids.
+
+  English news and People's Daily, cut into examples of the lengths the
+  original makes: 90% full length, 10% shorter, down to 3 tokens.
+
+  Returns:
+    `(input_ids, input_mask)`, both `[n, SEQ_LEN]` int32.
+  """
+  texts = (
+    corpora.news_documents()[:80] + corpora.peoples_daily_paragraphs()[:800]
+  )
+  stream = np.concatenate(
+    [np.array(t, np.int32) for t in tokenizer.encode_batch(texts) if t]
+  )
+  rng = np.random.default_rng(0)
+  rows, masks = [], []
+  while len(stream) > SEQ_LEN:
+    length = SEQ_LEN if rng.random() < 0.9 else rng.integers(3, SEQ_LEN)
+    body, stream = stream[: length - 3], stream[length - 3 :]
+    cut = rng.integers(0, len(body) + 1)
+    sep, cls = tokenizer.sep_id, tokenizer.cls_id
+    ids = np.concatenate([[cls], body[:cut], [sep], body[cut:], [sep]])
+    rows.append(np.pad(ids, (0, SEQ_LEN - length)))
+    masks.append(np.arange(SEQ_LEN) < length)
+  return np.array(rows, np.int32), np.array(masks, np.int32)
+
+
+def _mask(examples, tokenizer, config=None, seed=0):
+  input_ids, input_mask = examples
+  config = config or masking.MaskingConfig()
+  seeds = np.stack(
+    [np.full(len(input_ids), seed), np.arange(len(input_ids))], axis=1
+  )
+  out = masking.mask_batch(
+    input_ids,
+    input_mask,
+    seeds,
+    config=config,
+    special_ids=tokenizer.special_ids.tolist(),
+    mask_id=tokenizer.mask_id,
+    replacement_range=tokenizer.replacement_range,
+    word_start_table=tokenizer.word_start_table(),
+  )
+  return {name: value.numpy() for name, value in out.items()}
+
+
+def _num_to_predict(input_mask, config):
+  """The original's count, in Python (round half to even, as in BERT)."""
+  return np.array(
+    [
+      min(
+        config.max_predictions_per_seq,
+        max(1, int(round(int(n) * config.masked_lm_prob))),
+      )
+      for n in input_mask.sum(axis=1)
+    ]
+  )
+
+
+def _words(ids, mask, tokenizer):
+  """Whole words as lists of positions, in order, for one example."""
+  special = np.isin(ids, tokenizer.special_ids) | (mask == 0)
+  starts = tokenizer.word_start_table()[ids]
+  words = []
+  for position in range(len(ids)):
+    if special[position]:
+      continue
+    if starts[position] or special[position - 1] or not words:
+      words.append([position])
+    else:
+      words[-1].append(position)
+  return words
+
+
+class MaskBatchTest:
+  def test_counts_rates_and_replacements(self, examples, tokenizer):
+    input_ids, input_mask = examples
+    assert input_mask.sum() >= 100_000
+    out = _mask(examples, tokenizer)
+    weights = out['masked_lm_weights']
+    chosen = weights.sum(axis=1).astype(int)
+    config = masking.MaskingConfig()
+    candidates = (~np.isin(input_ids, tokenizer.special_ids)).sum(axis=1)
+    np.testing.assert_array_equal(
+      chosen, np.minimum(_num_to_predict(input_mask, config), candidates)
+    )
+    # At seq 128 the cap of 20 never binds: round(128 * 0.15) = 19.
+    assert abs(chosen.sum() / input_mask.sum() - 0.15) < 0.005
+
+    valid = weights > 0
+    positions = out['masked_lm_positions']
+    original = np.take_along_axis(input_ids, positions, axis=1)[valid]
+    np.testing.assert_array_equal(out['masked_lm_ids'][valid], original)
+    now = np.take_along_axis(out['input_ids'], positions, axis=1)[valid]
+    is_mask = now == tokenizer.mask_id
+    is_kept = now == original
+    is_random = ~is_mask & ~is_kept
+    assert abs(is_mask.mean() - 0.8) < 0.015
+    assert abs(is_random.mean() - 0.1) < 0.015
+    assert abs(is_kept.mean() - 0.1) < 0.015
+
+  def test_layout_and_untouched_positions(self, examples, tokenizer):
+    input_ids, input_mask = examples
+    out = _mask(examples, tokenizer)
+    positions, weights = out['masked_lm_positions'], out['masked_lm_weights']
+    assert positions.shape == weights.shape == (len(input_ids), 20)
+    assert positions.dtype == out['masked_lm_ids'].dtype == np.int32
+    assert weights.dtype == np.float32
+    for row in range(len(input_ids)):
+      n = int(weights[row].sum())
+      assert (weights[row, :n] == 1).all() and (weights[row, n:] == 0).all()
+      assert (np.diff(positions[row, :n]) > 0).all()
+      assert (positions[row, n:] == 0).all()
+      assert (out['masked_lm_ids'][row, n:] == 0).all()
+      untouched = np.ones(SEQ_LEN, bool)
+      untouched[positions[row, :n]] = False
+      np.testing.assert_array_equal(
+        out['input_ids'][row, untouched], input_ids[row, untouched]
+      )
+    # Never a special token or padding.
+    chosen = np.take_along_axis(input_ids, positions, axis=1)[weights > 0]
+    assert not np.isin(chosen, tokenizer.special_ids).any()
+    assert (
+      np.take_along_axis(input_mask, positions, axis=1)[weights > 0]
+    ).all()
+
+  def test_random_replacements_are_never_special(self, examples, tokenizer):
+    config = masking.MaskingConfig(
+      mask_token_prob=0.0, random_token_prob=1.0, keep_token_prob=0.0
+    )
+    out = _mask(examples, tokenizer, config)
+    valid = out['masked_lm_weights'] > 0
+    drawn = np.take_along_axis(
+      out['input_ids'], out['masked_lm_positions'], axis=1
+    )[valid]
+    assert len(drawn) > 15_000
+    assert not np.isin(drawn, tokenizer.special_ids).any()
+    assert drawn.min() >= 0 and drawn.max() < tokenizer.vocab_size
+    # Spread over the vocabulary, not stuck in a corner of it.
+    assert len(np.unique(drawn)) > 0.3 * len(drawn)
+
+  def test_whole_words_are_never_split(self, examples, tokenizer):
+    input_ids, input_mask = examples
+    config = masking.MaskingConfig(whole_word_mask=True)
+    out = _mask(examples, tokenizer, config)
+    weights = out['masked_lm_weights']
+    budgets = _num_to_predict(input_mask, config)
+    multi_piece_words_chosen = 0
+    for row in range(len(input_ids)):
+      chosen = set(out['masked_lm_positions'][row][weights[row] > 0].tolist())
+      words = _words(input_ids[row], input_mask[row], tokenizer)
+      taken = [w for w in words if chosen & set(w)]
+      for word in taken:
+        assert set(word) <= chosen, (row, word, chosen)
+        multi_piece_words_chosen += len(word) > 1
+      assert sum(len(w) for w in taken) == len(chosen) <= budgets[row]
+      # The original's greedy loop skips a word only when it does not fit,
+      # so every word left out is longer than the budget left at the end.
+      left = budgets[row] - len(chosen)
+      assert all(len(w) > left for w in words if w not in taken)
+    assert multi_piece_words_chosen > 100
+    assert abs(weights.sum() / input_mask.sum() - 0.15) < 0.005
+
+  def test_an_example_depends_on_its_seed_only(self, examples, tokenizer):
+    input_ids, input_mask = examples
+    subset = np.arange(0, 200, 3)
+    for wwm in (False, True):
+      config = masking.MaskingConfig(whole_word_mask=wwm)
+      full = _mask((input_ids[:200], input_mask[:200]), tokenizer, config)
+      seeds = np.stack([np.zeros_like(subset), subset], axis=1)
+      part = masking.mask_batch(
+        input_ids[subset][::-1],
+        input_mask[subset][::-1],
+        seeds[::-1],
+        config=config,
+        special_ids=tokenizer.special_ids.tolist(),
+        mask_id=tokenizer.mask_id,
+        replacement_range=tokenizer.replacement_range,
+        word_start_table=tokenizer.word_start_table(),
+      )
+      for name, value in part.items():
+        np.testing.assert_array_equal(value.numpy()[::-1], full[name][subset])
+
+  def test_seeds_decide_the_mask(self, examples, tokenizer):
+    few = (examples[0][:300], examples[1][:300])
+    first, again = _mask(few, tokenizer), _mask(few, tokenizer)
+    other = _mask(few, tokenizer, seed=1)
+    for name in first:
+      np.testing.assert_array_equal(first[name], again[name])
+    same = (first['masked_lm_positions'] == other['masked_lm_positions']).all(
+      axis=1
+    )
+    assert same.mean() < 0.01
+
+  def test_short_and_empty_rows(self, tokenizer):
+    cls, sep = tokenizer.cls_id, tokenizer.sep_id
+    word = tokenizer.encode('hello')[0]
+    input_ids = np.array(
+      [[cls, word, sep, 0, 0, 0], [0] * 6, [cls, sep, sep, 0, 0, 0]], np.int32
+    )
+    input_mask = (input_ids != 0).astype(np.int32)
+    for wwm in (False, True):
+      # seq_len 6 < max_predictions_per_seq 20: outputs are still 20 wide.
+      config = masking.MaskingConfig(whole_word_mask=wwm)
+      out = _mask((input_ids, input_mask), tokenizer, config)
+      np.testing.assert_array_equal(out['masked_lm_weights'].sum(1), [1, 0, 0])
+      assert out['masked_lm_positions'][0, 0] == 1
+      assert out['masked_lm_ids'][0, 0] == word
+      assert out['masked_lm_positions'].shape == (3, 20)
+
+  def test_graph_and_eager_agree_for_int64_inputs(self, examples, tokenizer):
+    input_ids, input_mask = (a[:64].astype(np.int64) for a in examples)
+    seeds = np.stack([np.full(64, 2**40 + 5), np.arange(64) - 3], axis=1)
+    kwargs = dict(
+      config=masking.MaskingConfig(),
+      special_ids=tokenizer.special_ids.tolist(),
+      mask_id=tokenizer.mask_id,
+      replacement_range=tokenizer.replacement_range,
+    )
+    eager = masking.mask_batch(input_ids, input_mask, seeds, **kwargs)
+    graph = tf.function(lambda a, b, c: masking.mask_batch(a, b, c, **kwargs))(
+      input_ids, input_mask, seeds
+    )
+    for name in eager:
+      np.testing.assert_array_equal(eager[name], graph[name])
+
+
+class MaskingConfigTest:
+  def test_rejects_bad_options(self):
+    with pytest.raises(ValueError, match='sum to 1'):
+      masking.MaskingConfig(mask_token_prob=0.9)
+    with pytest.raises(ValueError, match='masked_lm_prob'):
+      masking.MaskingConfig(masked_lm_prob=1.5)
+    with pytest.raises(ValueError, match='max_predictions_per_seq'):
+      masking.MaskingConfig(max_predictions_per_seq=0)
+
+  def test_whole_word_needs_a_table(self):
+    config = masking.MaskingConfig(whole_word_mask=True)
+    with pytest.raises(ValueError, match='word_start_table'):
+      masking.mask_batch(
+        np.zeros([1, 4], np.int32),
+        np.ones([1, 4], np.int32),
+        np.zeros([1, 2], np.int32),
+        config=config,
+        special_ids=[0],
+        mask_id=1,
+        replacement_range=(0, 10),
+      )

@@ -1,0 +1,96 @@
+r"""Pretrain BERT: the command line.
+
+  python -m bertjax.train --config=configs/bert_tiny.py --workdir=/tmp/tiny \
+    [--config.num_train_steps=1000 ...]
+
+Multi-host: on Cloud TPU VMs and SLURM clusters `jax.distributed` detects
+the processes by itself (`--multihost`); elsewhere pass
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I` on every
+process. Flags only: the loop lives in `bertjax.trainer`.
+"""
+
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from bertjax import cli
+
+_CONFIG = config_flags.DEFINE_config_file(
+  'config',
+  None,
+  'A recipe file in configs/, e.g. configs/bert_tiny.py.',
+  lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string(
+  'workdir', None, 'Run directory: checkpoints, metrics, curves (gs:// ok).'
+)
+_COORDINATOR = flags.DEFINE_string(
+  'coordinator_address', None, 'HOST:PORT of process 0 (multi-process).'
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+  'num_processes', None, 'Processes in the job (multi-process).'
+)
+_PROCESS_ID = flags.DEFINE_integer(
+  'process_id', None, 'This process, 0..num_processes-1 (multi-process).'
+)
+_MULTIHOST = flags.DEFINE_bool(
+  'multihost',
+  False,
+  'Call jax.distributed.initialize() with auto-detection (Cloud TPU VM, '
+  'SLURM, ...).',
+)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _initialize_distributed() -> None:
+  explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if any(v is not None for v in explicit):
+    if any(v is None for v in explicit):
+      raise cli.UserError(
+        '--coordinator_address, --num_processes and --process_id go together'
+      )
+    import jax
+
+    jax.distributed.initialize(
+      coordinator_address=_COORDINATOR.value,
+      num_processes=_NUM_PROCESSES.value,
+      process_id=_PROCESS_ID.value,
+    )
+  elif _MULTIHOST.value:
+    import jax
+
+    jax.distributed.initialize()
+
+
+class _HideLibraryInfo(logging.logging.Filter):
+  """Keeps Orbax's per-save INFO chatter (dozens of lines per checkpoint)
+  out of the console unless --verbosity >= 1; warnings always show."""
+
+  def filter(self, record) -> bool:
+    if record.levelno >= logging.logging.WARNING or logging.get_verbosity() > 0:
+      return True
+    return 'orbax' not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise cli.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
+  # TensorFlow serves tf.data only: keep it off accelerators and quiet.
+  # Level 3 also hides TF's 'failed call to cuInit' on machines without CUDA
+  # (tf.data errors still raise as Python exceptions).
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  import tensorflow as tf
+
+  tf.config.set_visible_devices([], 'GPU')
+  _initialize_distributed()
+  from bertjax import trainer
+
+  logging.get_absl_handler().addFilter(_HideLibraryInfo())
+  trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  # The run's progress lines are INFO: show them by default.
+  flags.FLAGS.set_default('verbosity', logging.INFO)
+  app.run(cli.run(main))

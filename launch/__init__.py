@@ -1,0 +1,1 @@
+"""Launchers that start `python -m bertjax.train` on clusters."""

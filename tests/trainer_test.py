@@ -1,0 +1,475 @@
+"""End-to-end tests of the pretraining loop on real English news.
+
+The demo data (English news corpus, a WordPiece vocabulary trained on it,
+NSP pair records) is prepared once into the shared cache by the first test
+that needs it; later runs reuse it.
+"""
+
+import functools
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bertjax import model, optimizer, reporting, sharding, trainer
+from configs import bert_tiny
+from data_pipeline import pipeline, prepare
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A smaller vocabulary than the demo's 30k keeps the MLM head cheap here.
+VOCAB = 8192
+
+
+def _config(**changes):
+  config = bert_tiny.get_config()
+  with config.unlocked():
+    config.data.demo_vocab_size = VOCAB
+    config.log_every_steps = 1
+    config.eval_every_steps = 0
+    config.eval_steps = 4
+    config.checkpoint_every_steps = 0
+    config.batch_size = 16
+    config.max_seq_length = 64
+    config.data.max_predictions_per_seq = 10
+    config.data.shuffle_buffer = 256
+    for key, value in changes.items():
+      node = config
+      *parents, leaf = key.split('.')
+      for parent in parents:
+        node = node[parent]
+      node[leaf] = value
+  return config
+
+
+def _losses(workdir):
+  return {
+    r['step']: r['train/loss']
+    for r in reporting.read_metrics(workdir)
+    if 'train/loss' in r
+  }
+
+
+def _train_cmd(workdir, *flags):
+  return [
+    sys.executable,
+    '-m',
+    'bertjax.train',
+    f'--config={ROOT}/configs/bert_tiny.py',
+    f'--workdir={workdir}',
+    f'--config.data.demo_vocab_size={VOCAB}',
+    '--config.batch_size=16',
+    '--config.max_seq_length=64',
+    '--config.data.max_predictions_per_seq=10',
+    '--config.data.shuffle_buffer=256',
+    '--config.eval_every_steps=0',
+    '--config.eval_steps=2',
+    *flags,
+  ]
+
+
+def _env(devices=1):
+  env = dict(os.environ)
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  env['JAX_PLATFORMS'] = 'cpu'
+  return env
+
+
+@pytest.fixture(scope='module')
+def demo_data(tmp_path_factory):
+  config = _config()
+  return prepare.prepare_data(
+    config.data, config.max_seq_length, str(tmp_path_factory.mktemp('data'))
+  )
+
+
+class TrainingTest:
+  def test_tiny_bert_learns_above_the_majority_baseline(
+    self, demo_data, tmp_path
+  ):
+    config = _config(
+      num_train_steps=300,
+      batch_size=32,
+      max_seq_length=128,
+      log_every_steps=50,
+      eval_every_steps=300,
+      **{'data.max_predictions_per_seq': 20},
+    )
+    result = trainer.train_and_evaluate(config, str(tmp_path))
+    baseline = demo_data.majority_token_accuracy
+    assert 0.02 < baseline < 0.2
+    assert result['train/mlm_accuracy'] > baseline + 0.02, result
+    assert result['eval/mlm_accuracy'] > baseline + 0.02, result
+    records = reporting.read_metrics(str(tmp_path))
+    first = next(r for r in records if 'train/mlm_loss' in r)
+    assert result['train/mlm_loss'] < first['train/mlm_loss'] - 2.0
+    for key in (
+      'train/loss',
+      'train/nsp_accuracy',
+      'train/learning_rate',
+      'train/grad_norm',
+      'train/param_norm',
+      'perf/step_time_s',
+      'perf/examples_per_s',
+      'perf/tokens_per_s',
+      'perf/tflops_per_device',
+      'perf/data_wait_s',
+    ):
+      assert key in result, key
+    assert os.path.exists(tmp_path / 'learning_curves.png')
+    assert any(
+      name.startswith('events') for name in os.listdir(tmp_path / 'tb')
+    )
+
+  def test_resume_repeats_the_uninterrupted_losses(self, demo_data, tmp_path):
+    del demo_data
+    changes = {'num_train_steps': 6, 'optim.decay_steps': 6}
+    straight = tmp_path / 'straight'
+    trainer.train_and_evaluate(_config(**changes), str(straight))
+    resumed = tmp_path / 'resumed'
+    trainer.train_and_evaluate(
+      _config(**{**changes, 'num_train_steps': 3}), str(resumed)
+    )
+    assert sorted(os.listdir(resumed / 'checkpoints')) == ['3']
+    trainer.train_and_evaluate(_config(**changes), str(resumed))
+    expected = _losses(straight)
+    assert sorted(expected) == [1, 2, 3, 4, 5, 6]
+    assert _losses(resumed) == expected
+
+  def test_gradient_accumulation_equals_the_big_batch(self, demo_data):
+    del demo_data
+    big, accumulated = (
+      _run_one_step(_config(micro_batches=m), (-1, 1, 1)) for m in (1, 4)
+    )
+    jax.tree.map(
+      functools.partial(np.testing.assert_allclose, atol=2e-6, rtol=1e-5),
+      big,
+      accumulated,
+    )
+
+  def test_sharded_step_equals_single_device_step(self, demo_data):
+    del demo_data
+    config = _config()
+    single = _run_one_step(config, (1, 1, 1), devices=jax.devices()[:1])
+    sharded = _run_one_step(config, (2, 2, 2))
+    jax.tree.map(
+      functools.partial(np.testing.assert_allclose, atol=2e-6, rtol=1e-5),
+      single,
+      sharded,
+    )
+
+  def test_step_compiles_from_abstract_shapes(self, demo_data):
+    del demo_data
+    config = _config()
+    mesh = sharding.create_mesh((2, 2, 2))
+    rules = sharding.default_logical_axis_rules()
+    module = model.BertForPreTraining(trainer.get_model_config(config, VOCAB))
+    tx, schedule = optimizer.create_optimizer(
+      trainer.get_optimizer_config(config)
+    )
+    state = _abstract_state(module, tx, mesh, rules)
+    batch = trainer.get_batch_shapes(64, 128, 20)
+    batch_sharding = sharding.batch_sharding(mesh)
+    batch = {
+      k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
+      for k, v in batch.items()
+    }
+    step = functools.partial(
+      trainer.train_step,
+      module=module,
+      schedule=schedule,
+      micro_batches=2,
+      use_nsp=True,
+      nan_policy='stop',
+    )
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      compiled = (
+        jax.jit(step, donate_argnums=0)
+        .lower(state, batch, jax.random.key(0))
+        .compile()
+      )
+    assert compiled.memory_analysis() is not None
+
+  def test_non_finite_loss_stops_and_keeps_the_good_checkpoint(
+    self, demo_data, tmp_path
+  ):
+    del demo_data
+    config = _config(
+      num_train_steps=6,
+      checkpoint_every_steps=1,
+      **{'optim.learning_rate': 1e38, 'optim.warmup_steps': 0},
+    )
+    with pytest.raises(trainer.TrainingError, match='non-finite loss') as e:
+      trainer.train_and_evaluate(config, str(tmp_path))
+    failed = int(str(e.value).split('at step ')[1].split(';')[0])
+    assert 1 < failed <= 6
+    saved = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints'))
+    assert saved and max(saved) == failed - 1
+
+  def test_skip_policy_goes_on(self, demo_data, tmp_path):
+    del demo_data
+    config = _config(
+      num_train_steps=4,
+      nan_policy='skip',
+      **{'optim.learning_rate': 1e38, 'optim.warmup_steps': 0},
+    )
+    trainer.train_and_evaluate(config, str(tmp_path))
+    losses = _losses(str(tmp_path))
+    assert sorted(losses) == [1, 2, 3, 4]
+    assert any(v is None for v in losses.values())
+
+
+def _abstract_state(module, tx, mesh, rules):
+  def init(key):
+    params = module.init(
+      key,
+      jnp.zeros((1, 8), jnp.int32),
+      masked_lm_positions=jnp.zeros((1, 1), jnp.int32),
+    )['params']
+    return trainer.TrainState.create(
+      apply_fn=module.apply, params=params, tx=tx
+    )
+
+  abstract = jax.eval_shape(init, jax.random.key(0))
+  shardings = sharding.get_shardings(abstract, mesh, rules)
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+    nn.unbox(abstract),
+    shardings,
+  )
+
+
+def _first_batch(config):
+  data = prepare.prepare_data(config.data, config.max_seq_length, '')
+  it = pipeline.create_train_iterator(
+    pipeline.PipelineConfig(
+      train_file_patterns=data.train_patterns,
+      tokenizer_path=data.tokenizer_path,
+      per_host_batch_size=config.batch_size,
+      max_seq_length=config.max_seq_length,
+      mlm=pipeline.masking.MaskingConfig(
+        max_predictions_per_seq=config.data.max_predictions_per_seq
+      ),
+      seed=0,
+    )
+  )
+  batch = next(it)
+  batch.pop('corrupt_files', None)
+  return batch, data.vocab_size
+
+
+def _run_one_step(config, mesh_shape, devices=None):
+  """Params after two deterministic (dropout-free) steps on a real batch."""
+  with config.unlocked():
+    config.model.hidden_dropout_prob = 0.0
+    config.model.attention_probs_dropout_prob = 0.0
+    # Adam's update is about lr * sign(g) where |g| << eps: a gradient of
+    # 1e-9 that float summation order flips in sign would move a parameter
+    # by 2 * lr. With eps = 1 the update is about lr * g, so the comparison
+    # measures the step's numerics, not the sign of noise.
+    config.optim.eps = 1.0
+  batch, vocab_size = _first_batch(config)
+  mesh = sharding.create_mesh(mesh_shape, devices)
+  rules = sharding.default_logical_axis_rules()
+  module = model.BertForPreTraining(
+    trainer.get_model_config(config, vocab_size)
+  )
+  tx, schedule = optimizer.create_optimizer(
+    trainer.get_optimizer_config(config)
+  )
+  state, shardings = trainer.create_train_state(
+    module, tx, mesh, rules, jax.random.key(0)
+  )
+  step = jax.jit(
+    functools.partial(
+      trainer.train_step,
+      module=module,
+      schedule=schedule,
+      micro_batches=config.micro_batches,
+      use_nsp=True,
+      nan_policy='stop',
+    )
+  )
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    global_batch = jax.device_put(batch, sharding.batch_sharding(mesh))
+    # Warm up Adam's moments with two steps so the update is not just the
+    # sign of the gradient.
+    state, _ = step(state, global_batch, jax.random.key(1))
+    state, metrics = step(state, global_batch, jax.random.key(1))
+  assert np.isfinite(float(metrics['loss']))
+  return jax.device_get(state.params)
+
+
+class ProcessTest:
+  """The CLI as a user runs it: subprocesses, signals, several processes."""
+
+  def test_sigterm_saves_and_a_kill_9_run_restarts_to_the_end(
+    self, demo_data, tmp_path
+  ):
+    del demo_data
+    workdir = tmp_path / 'run'
+    flags = ['--config.num_train_steps=400', '--config.log_every_steps=1']
+    proc = subprocess.Popen(
+      _train_cmd(workdir, *flags, '--config.checkpoint_every_steps=0'),
+      env=_env(),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+    )
+    _wait_for(lambda: len(_losses(str(workdir))) >= 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr.decode()[-2000:]
+    saved = sorted(int(s) for s in os.listdir(workdir / 'checkpoints'))
+    assert len(saved) == 1 and 3 <= saved[0] < 400
+    first_stop = saved[0]
+
+    # Resume, then kill -9 once a new checkpoint is complete.
+    proc = subprocess.Popen(
+      _train_cmd(workdir, *flags, '--config.checkpoint_every_steps=5'),
+      env=_env(),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL,
+    )
+    _wait_for(
+      lambda: any(
+        s.isdigit() and int(s) > first_stop
+        for s in os.listdir(workdir / 'checkpoints')
+      ),
+      proc,
+    )
+    proc.kill()
+    proc.wait()
+
+    result = subprocess.run(
+      _train_cmd(
+        workdir,
+        '--config.num_train_steps=40',
+        '--config.checkpoint_every_steps=5',
+        '--config.log_every_steps=1',
+      )
+      if first_stop < 40
+      else _train_cmd(workdir, *flags, '--config.num_train_steps=400'),
+      env=_env(),
+      capture_output=True,
+      text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert 'Resumed from step' in result.stderr
+    losses = _losses(str(workdir))
+    final = max(int(s) for s in os.listdir(workdir / 'checkpoints'))
+    assert final == max(losses)
+
+  def test_two_processes_match_one_process(self, demo_data, tmp_path):
+    del demo_data
+    flags = [
+      '--config.num_train_steps=3',
+      '--config.log_every_steps=1',
+      '--config.model.hidden_dropout_prob=0',
+      '--config.model.attention_probs_dropout_prob=0',
+    ]
+    single = subprocess.run(
+      _train_cmd(tmp_path / 'single', *flags),
+      env=_env(devices=4),
+      capture_output=True,
+      text=True,
+    )
+    assert single.returncode == 0, single.stderr[-2000:]
+    port = 20000 + os.getpid() % 20000
+    procs = [
+      subprocess.Popen(
+        _train_cmd(
+          tmp_path / 'multi',
+          *flags,
+          f'--coordinator_address=127.0.0.1:{port}',
+          '--num_processes=2',
+          f'--process_id={i}',
+        ),
+        env=_env(devices=2),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+      )
+      for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=900)[1] for p in procs]
+    for p, err in zip(procs, outputs, strict=True):
+      assert p.returncode == 0, err[-3000:]
+    checksums = [_checksum(err) for err in outputs]
+    assert checksums[0] == checksums[1]
+    ref = _checksum(single.stderr)
+    np.testing.assert_allclose(checksums[0], ref, rtol=1e-5)
+    losses_multi = _losses(str(tmp_path / 'multi'))
+    losses_single = _losses(str(tmp_path / 'single'))
+    assert sorted(losses_multi) == [1, 2, 3]
+    np.testing.assert_allclose(
+      [losses_multi[s] for s in (1, 2, 3)],
+      [losses_single[s] for s in (1, 2, 3)],
+      rtol=1e-5,
+    )
+
+  def test_bad_flag_is_one_line(self, tmp_path):
+    result = subprocess.run(
+      _train_cmd(
+        tmp_path, '--config.batch_size=30', '--config.mesh.shape=(4,1,1)'
+      ),
+      env=_env(devices=4),
+      capture_output=True,
+      text=True,
+    )
+    assert result.returncode == 2
+    lines = [
+      line
+      for line in result.stderr.splitlines()
+      if 'error' in line.lower() and 'cuInit' not in line
+    ]
+    assert len(lines) == 1, result.stderr[-2000:]
+    assert 'batch_size 30 is not divisible' in lines[0]
+
+
+def _checksum(stderr):
+  line = [line for line in stderr.splitlines() if 'params checksum' in line]
+  assert line, stderr[-2000:]
+  parts = dict(p.split('=') for p in line[-1].split('checksum ')[1].split())
+  return np.array([float(parts['sum']), float(parts['sumsq'])])
+
+
+def _wait_for(condition, proc, timeout_s=600):
+  start = time.monotonic()
+  while not condition():
+    if proc.poll() is not None:
+      raise AssertionError(f'process ended early: {proc.returncode}')
+    if time.monotonic() - start > timeout_s:
+      proc.kill()
+      raise AssertionError('condition not reached')
+    time.sleep(0.5)
+
+
+class ConfigErrorTest:
+  @pytest.mark.parametrize(
+    'changes,message',
+    [
+      ({'batch_size': 30}, 'not divisible by data-parallel size'),
+      ({'batch_size': 16, 'micro_batches': 3}, 'micro_batches 3'),
+      ({'mesh.shape': (3, 1, 1)}, 'needs 3 devices'),
+      ({'max_seq_length': 1024}, 'max_position_embeddings'),
+      ({'data.input_files': '/nonexistent/*.txt'}, 'matches no file'),
+      ({'nan_policy': 'ignore'}, 'nan_policy'),
+      ({'optim.name': 'sgd'}, 'optim.name'),
+      ({'model.size': 'huge'}, 'huge'),
+    ],
+  )
+  def test_bad_config_is_named(self, changes, message, tmp_path):
+    with pytest.raises((ValueError, OSError), match=message):
+      trainer.train_and_evaluate(_config(**changes), str(tmp_path))
+
+  def test_unwritable_workdir(self, tmp_path):
+    blocker = tmp_path / 'file'
+    blocker.write_text('x')
+    with pytest.raises(trainer.TrainingError, match='not writable'):
+      trainer.train_and_evaluate(_config(), str(blocker / 'run'))

@@ -424,6 +424,7 @@ def _data_pipeline_config(
     ),
     seed=config.seed,
     shuffle_window=d.shuffle_buffer,
+    host_sharding=d.host_sharding,
   )
 
 

@@ -104,8 +104,10 @@ class TrainingTest:
     result = trainer.train_and_evaluate(config, str(tmp_path))
     baseline = demo_data.majority_token_accuracy
     assert 0.02 < baseline < 0.2
-    assert result['train/mlm_accuracy'] > baseline + 0.02, result
-    assert result['eval/mlm_accuracy'] > baseline + 0.02, result
+    # "Clearly above": 30% over always predicting the most frequent token
+    # (measured: about 1.45x on train and eval at step 300).
+    assert result['train/mlm_accuracy'] > 1.3 * baseline, result
+    assert result['eval/mlm_accuracy'] > 1.3 * baseline, result
     records = reporting.read_metrics(str(tmp_path))
     first = next(r for r in records if 'train/mlm_loss' in r)
     assert result['train/mlm_loss'] < first['train/mlm_loss'] - 2.0

@@ -110,7 +110,9 @@ class TrainingTest:
     assert result['eval/mlm_accuracy'] > 1.3 * baseline, result
     records = reporting.read_metrics(str(tmp_path))
     first = next(r for r in records if 'train/mlm_loss' in r)
-    assert result['train/mlm_loss'] < first['train/mlm_loss'] - 2.0
+    # The first window (steps 1-50) averages near ln(vocab); 300 steps in
+    # the loss is well below it.
+    assert result['train/mlm_loss'] < first['train/mlm_loss'] - 1.0
     for key in (
       'train/loss',
       'train/nsp_accuracy',

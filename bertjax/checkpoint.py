@@ -34,7 +34,6 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
-from jax.experimental import multihost_utils
 
 from bertjax import cli, hf_convert, model
 
@@ -408,8 +407,6 @@ class TrainCheckpointer:
   def __init__(self, workdir: str, keep: int, config: Any = None):
     self.workdir = os.fspath(workdir)
     self.directory = os.path.join(self.workdir, 'checkpoints')
-    # Data prepared from raw text for this run (records, vocabulary).
-    self.data_dir = os.path.join(self.workdir, 'data')
     options = ocp.CheckpointManagerOptions(
       max_to_keep=keep,
       create=True,
@@ -473,11 +470,6 @@ class TrainCheckpointer:
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are committed."""
     self._manager.wait_until_finished()
-
-  def barrier(self, name: str) -> None:
-    """Waits for every process (no-op with one process)."""
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices(f'bertjax:{name}')
 
   def close(self) -> None:
     self._manager.close()

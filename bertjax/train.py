@@ -10,6 +10,7 @@ process. Flags only: the loop lives in `bertjax.trainer`.
 """
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -90,7 +91,24 @@ def main(argv):
   trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
+def _parse_flags(argv):
+  """absl's parser, with config-override mistakes as one line + exit 2.
+
+  `--config.bach_size=3` fails inside ml_collections while flags are parsed,
+  before `main` (and `cli.run`) is reached.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    raise app.UsageError(str(e)) from None
+  except (AttributeError, KeyError, ValueError, TypeError) as e:
+    message = ' '.join(str(e).replace('\\n', ' ').split()).strip('\'"')
+    message = message.replace("\\'", "'")
+    print(f'bertjax.train: error: bad flag: {message}', file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == '__main__':
   # The run's progress lines are INFO: show them by default.
   flags.FLAGS.set_default('verbosity', logging.INFO)
-  app.run(cli.run(main))
+  app.run(cli.run(main), flags_parser=_parse_flags)

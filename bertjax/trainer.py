@@ -14,6 +14,7 @@ the big batch's gradient (up to float summation order).
 
 import dataclasses
 import functools
+import os
 import signal
 import time
 from collections.abc import Mapping
@@ -448,15 +449,12 @@ def train_and_evaluate(
   mesh = sharding.create_mesh(tuple(config.mesh.shape))
   rules = sharding.default_logical_axis_rules(config.mesh.extra_rules)
   shape = compute_run_shape(config, mesh)
-  ckpt = checkpoint.TrainCheckpointer(
-    workdir, keep=config.keep_checkpoints, config=config
-  )
   data_files = prepare.prepare_data(
     config.data,
     max_seq_length=config.max_seq_length,
-    cache_dir=ckpt.data_dir,
+    cache_dir=os.path.join(workdir, 'data'),
     is_writer=jax.process_index() == 0,
-    barrier=ckpt.barrier,
+    barrier=_barrier,
   )
   tokenizer_vocab_size = data_files.vocab_size
   bert_config = get_model_config(config, tokenizer_vocab_size)
@@ -465,6 +463,11 @@ def train_and_evaluate(
   tx, schedule = optimizer.create_optimizer(opt_config)
   use_nsp = bool(config.data.nsp)
 
+  # Created after every input is validated: the manager starts background
+  # threads that an early error would leave behind at interpreter exit.
+  ckpt = checkpoint.TrainCheckpointer(
+    workdir, keep=config.keep_checkpoints, config=config
+  )
   rng = jax.random.key(config.seed)
   init_rng, dropout_rng = jax.random.split(rng)
   init_params = None
@@ -628,6 +631,12 @@ def train_and_evaluate(
       else None,
     )
   return {**last_train, **last_eval}
+
+
+def _barrier(name: str) -> None:
+  """Waits for every process (no-op with one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f'bertjax:{name}')
 
 
 def _check_workdir(workdir: str) -> None:

@@ -9,9 +9,10 @@ in the same run, alternating rounds so machine load hits both alike:
 
 bertjax runs `bertjax.trainer.train_step` (the step the trainer jits, MLM
 head at the masked positions only) in float32 and in bfloat16 compute with
-float32 accumulation; the peer runs `transformers.BertForPreTraining` with
-torch.optim.AdamW in float32 and under bf16 autocast, using the machine's
-cores (torch.set_num_threads(os.cpu_count())). Prints sequences/s, the
+float32 accumulation; the peer runs `transformers.BertForPreTraining`'s
+modules with torch.optim.AdamW in float32 and under bf16 autocast, using
+the machine's cores (torch.set_num_threads(os.cpu_count())), its MLM head
+also at the masked positions only. Prints sequences/s, the
 model FLOP/s behind them (bertjax.flops), and ratios.
 """
 
@@ -90,42 +91,19 @@ def _jax_runner(dtype, batch):
 
 def _torch_runner(autocast, batch):
   import torch
-  import transformers
+  import torch_peer  # noqa: I001 (a sibling script module, needs torch)
 
   torch.set_num_threads(os.cpu_count() or 1)
-  c = model.get_config(_SIZE.value)
-  hf = transformers.BertForPreTraining(
-    transformers.BertConfig(
-      vocab_size=VOCAB,
-      hidden_size=c.hidden_size,
-      num_hidden_layers=c.num_hidden_layers,
-      num_attention_heads=c.num_attention_heads,
-      intermediate_size=c.intermediate_size,
-    )
-  )
+  hf = torch_peer.build_model(model.get_config(_SIZE.value, vocab_size=VOCAB))
   hf.train()
   opt = torch.optim.AdamW(hf.parameters(), lr=1e-4)
-  ids = torch.from_numpy(batch['input_ids'].astype(np.int64))
-  mask = torch.from_numpy(batch['input_mask'].astype(np.int64))
-  segments = torch.from_numpy(batch['segment_ids'].astype(np.int64))
-  labels = torch.full(ids.shape, -100, dtype=torch.int64)
-  rows = np.arange(ids.shape[0])[:, None]
-  labels[rows, batch['masked_lm_positions']] = torch.from_numpy(
-    batch['masked_lm_ids'].astype(np.int64)
-  )
-  nsp = torch.from_numpy(batch['next_sentence_labels'].astype(np.int64))
+  tensors = torch_peer.to_torch(batch)
 
   def run(n):
     for _ in range(n):
       with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
-        out = hf(
-          input_ids=ids,
-          attention_mask=mask,
-          token_type_ids=segments,
-          labels=labels,
-          next_sentence_label=nsp,
-        )
-      out.loss.backward()
+        loss, _ = torch_peer.pretraining_loss(hf, tensors)
+      loss.backward()
       opt.step()
       opt.zero_grad()
 

@@ -39,6 +39,8 @@ from bertjax import cli, hf_convert, model
 
 CONFIG_FILE = 'bert_config.json'
 PARAMS_DIR = 'params'
+# Where `TrainCheckpointer` keeps the steps of a training workdir.
+TRAINING_CHECKPOINTS_DIR = 'checkpoints'
 
 
 @contextlib.contextmanager
@@ -170,6 +172,40 @@ def _relayout(params: dict[str, Any], num_layers: int, scan: bool) -> dict:
   return {**params, 'bert': {**params['bert'], 'encoder': encoder}}
 
 
+def _restore_target(
+  saved: model.BertConfig, config: model.BertConfig, shardings: Any
+) -> tuple[Any, bool]:
+  """What to restore params saved as `saved` onto, to be used as `config`.
+
+  Returns:
+    (ShapeDtypeStruct tree in the saved layout with the wanted param dtype
+    and shardings, whether the layers must be restacked afterwards).
+  """
+  relayout = saved.scan_layers != config.scan_layers
+  target = hf_convert.abstract_params(
+    saved.replace(param_dtype=config.param_dtype)
+  )
+  if shardings is None or relayout:
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target_shardings = jax.tree.map(lambda _: device, target)
+  else:
+    target_shardings = shardings
+  target = jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+    target,
+    target_shardings,
+  )
+  return target, relayout
+
+
+def _finish_restore(params, config, relayout: bool, shardings: Any):
+  if relayout:
+    params = _relayout(params, config.num_hidden_layers, config.scan_layers)
+    if shardings is not None:
+      params = jax.device_put(params, shardings)
+  return params
+
+
 def load_model(
   model_dir: str,
   config_overrides: Mapping[str, Any] | None = None,
@@ -212,27 +248,10 @@ def load_model(
     if metadata is None:
       # Orbax logs and returns None when its metadata files are gone.
       raise cli.UserError(f'{params_dir}: not a readable Orbax checkpoint')
-    metadata = metadata.tree
-    check_param_shapes(metadata, saved, params_dir)
-    relayout = saved.scan_layers != config.scan_layers
-    target = hf_convert.abstract_params(
-      saved.replace(param_dtype=config.param_dtype)
-    )
-    if shardings is None or relayout:
-      device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-      target_shardings = jax.tree.map(lambda _: device, target)
-    else:
-      target_shardings = shardings
-    target = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      target,
-      target_shardings,
-    )
+    check_param_shapes(metadata.tree, saved, params_dir)
+    target, relayout = _restore_target(saved, config, shardings)
     params = checkpointer.restore(params_dir, target)
-  if relayout:
-    params = _relayout(params, config.num_hidden_layers, config.scan_layers)
-    if shardings is not None:
-      params = jax.device_put(params, shardings)
+  params = _finish_restore(params, config, relayout, shardings)
   return config, params, hf_convert.find_tokenizer_file(model_dir)
 
 
@@ -241,12 +260,16 @@ def detect_format(path: str) -> str:
 
   Returns:
     'bertjax' (a directory with `bert_config.json` and `params/`), 'hf' (a
-    directory with `config.json`) or 'google' (a TF checkpoint prefix, or a
-    directory with `bert_model.ckpt.index`).
+    directory with `config.json`), 'google' (a TF checkpoint prefix, or a
+    directory with `bert_model.ckpt.index`) or 'training' (a
+    `bertjax.train` workdir, its `checkpoints/` directory, or one step in
+    it).
 
   Raises:
     cli.UserError: none of these.
   """
+  if _training_checkpoints(path) is not None:
+    return 'training'
   if os.path.isdir(path):
     if os.path.isdir(os.path.join(path, PARAMS_DIR)):
       return 'bertjax'
@@ -276,7 +299,8 @@ def load_pretrained(
   """Loads a model in any supported format (see `detect_format`).
 
   Args:
-    path: a bertjax or Hugging Face model directory, or a Google checkpoint.
+    path: a bertjax or Hugging Face model directory, a Google checkpoint,
+      or a training workdir (its newest checkpoint) or checkpoint step.
     config_overrides: run-time BertConfig fields (`dtype`, `param_dtype`,
       `scan_layers`, dropout, ...).
     rng: PRNG key for pretraining heads a foreign checkpoint lacks.
@@ -288,6 +312,8 @@ def load_pretrained(
   kind = detect_format(path)
   if kind == 'bertjax':
     return load_model(path, config_overrides)
+  if kind == 'training':
+    return load_training_params(path, config_overrides)
   loader = dict(
     hf=hf_convert.load_hf_dir, google=hf_convert.load_google_checkpoint
   )[kind]
@@ -404,9 +430,16 @@ class TrainCheckpointer:
   to the last complete step.
   """
 
-  def __init__(self, workdir: str, keep: int, config: Any = None):
+  def __init__(
+    self,
+    workdir: str,
+    keep: int,
+    config: Any = None,
+    model_config: model.BertConfig | None = None,
+    tokenizer_path: str | None = None,
+  ):
     self.workdir = os.fspath(workdir)
-    self.directory = os.path.join(self.workdir, 'checkpoints')
+    self.directory = os.path.join(self.workdir, TRAINING_CHECKPOINTS_DIR)
     options = ocp.CheckpointManagerOptions(
       max_to_keep=keep,
       create=True,
@@ -422,9 +455,15 @@ class TrainCheckpointer:
         'meta': ocp.JsonCheckpointHandler(),
       },
     )
-    self._config = (
-      json.loads(config.to_json_best_effort()) if config is not None else {}
-    )
+    # What `load_training_params` needs to use a step as a model: the
+    # architecture and the tokenizer, beside the run's config.
+    self._meta = {
+      'config': (
+        json.loads(config.to_json_best_effort()) if config is not None else {}
+      ),
+      'model': model_config.to_dict() if model_config is not None else None,
+      'tokenizer': tokenizer_path and os.path.abspath(tokenizer_path),
+    }
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -436,7 +475,7 @@ class TrainCheckpointer:
       args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=DataIteratorSave(data_iterator),
-        meta=ocp.args.JsonSave({'step': int(step), 'config': self._config}),
+        meta=ocp.args.JsonSave({'step': int(step), **self._meta}),
       ),
     )
 
@@ -473,3 +512,126 @@ class TrainCheckpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _first_line(error: Exception) -> str:
+  return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _training_checkpoints(path: str) -> tuple[str, int | None] | None:
+  """(checkpoints directory, step or None for the newest) when `path` is a
+  training workdir, its checkpoints directory or one step in it."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, TRAINING_CHECKPOINTS_DIR)):
+    return os.path.join(path, TRAINING_CHECKPOINTS_DIR), None
+  parent, name = os.path.split(path)
+  if name == TRAINING_CHECKPOINTS_DIR and os.path.isdir(path):
+    return path, None
+  # A step that is not there (yet) still names its run: the error can say
+  # which steps are.
+  if (
+    name.isdigit()
+    and os.path.basename(parent) == TRAINING_CHECKPOINTS_DIR
+    and os.path.isdir(parent)
+  ):
+    return parent, int(name)
+  return None
+
+
+def load_training_params(
+  path: str,
+  config_overrides: Mapping[str, Any] | None = None,
+  shardings: Any = None,
+) -> tuple[model.BertConfig, dict[str, Any], str | None]:
+  """The model params of a `bertjax.train` checkpoint, as `load_model`.
+
+  Only `params` is read (Orbax partial restore), not the optimizer state,
+  so phase 2 of a recipe can start from phase 1 with `init_from=WORKDIR`
+  and `bertjax.convert --from=WORKDIR` exports a run.
+
+  Args:
+    path: a training workdir (its newest complete step), its `checkpoints/`
+      directory, or `checkpoints/<step>`.
+    config_overrides: run-time BertConfig fields to change (see
+      `load_model`).
+    shardings: where to restore the params (see `load_model`).
+
+  Returns:
+    (config with the overrides, params, tokenizer file or None when the
+    recorded one is gone).
+
+  Raises:
+    cli.UserError: no complete step, a step saved without its model config,
+      or unreadable params.
+  """
+  found = _training_checkpoints(path)
+  if found is None:
+    raise cli.UserError(f'{path}: not a training workdir or checkpoint step')
+  directory, step = found
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+  handlers = {
+    'state': ocp.PyTreeCheckpointHandler(),
+    'meta': ocp.JsonCheckpointHandler(),
+  }
+  with (
+    _quiet_orbax(),
+    ocp.CheckpointManager(
+      directory, options=options, item_handlers=handlers
+    ) as manager,
+  ):
+    steps = manager.all_steps()
+    if step is None:
+      if not steps:
+        raise cli.UserError(f'{path}: no complete training checkpoint')
+      step = max(steps)
+    elif step not in steps:
+      raise cli.UserError(
+        f'{path}: step {step} is not a complete checkpoint (complete: '
+        f'{sorted(steps) or "none"})'
+      )
+    where = os.path.join(directory, str(step))
+    try:
+      meta = manager.restore(
+        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+      ).meta
+    except (KeyError, ValueError, OSError) as e:
+      raise cli.UserError(
+        f'{where}: not a readable training checkpoint ({_first_line(e)})'
+      ) from e
+    if not isinstance(meta, dict) or not isinstance(meta.get('model'), dict):
+      raise cli.UserError(
+        f'{where}: records no model config (saved by an older bertjax); '
+        'export it with the bertjax version that wrote it'
+      )
+    try:
+      saved = model.BertConfig.from_dict(meta['model'])
+    except model.ConfigError as e:
+      raise cli.UserError(f'{where}: bad model config: {e}') from e
+    config = hf_convert.apply_overrides(saved, config_overrides, where)
+    target, relayout = _restore_target(saved, config, shardings)
+    try:
+      restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore(
+            item={'params': target},
+            restore_args={
+              'params': ocp.checkpoint_utils.construct_restore_args(target)
+            },
+            partial_restore=True,
+          )
+        ),
+      )
+    except (KeyError, ValueError, OSError) as e:
+      raise cli.UserError(
+        f'{where}: its params do not restore as the recorded model '
+        f'({_first_line(e)})'
+      ) from e
+  params = _finish_restore(
+    restored.state['params'], config, relayout, shardings
+  )
+  tokenizer = meta.get('tokenizer')
+  if tokenizer and not os.path.isfile(tokenizer):
+    logging.warning('%s: its tokenizer %s is gone', where, tokenizer)
+    tokenizer = None
+  return config, params, tokenizer

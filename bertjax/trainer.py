@@ -408,9 +408,10 @@ def _make_global(batch: Batch, shardings) -> dict[str, jax.Array]:
   }
 
 
-def _data_pipeline_config(
+def data_pipeline_config(
   config, data_files: prepare.PreparedData, per_host_batch: int
 ) -> pipeline.PipelineConfig:
+  """The input pipeline of a run: `config.data` over the prepared files."""
   d = config.data
   return pipeline.PipelineConfig(
     train_file_patterns=tuple(data_files.train_patterns),
@@ -466,7 +467,11 @@ def train_and_evaluate(
   # Created after every input is validated: the manager starts background
   # threads that an early error would leave behind at interpreter exit.
   ckpt = checkpoint.TrainCheckpointer(
-    workdir, keep=config.keep_checkpoints, config=config
+    workdir,
+    keep=config.keep_checkpoints,
+    config=config,
+    model_config=bert_config,
+    tokenizer_path=data_files.tokenizer_path,
   )
   rng = jax.random.key(config.seed)
   init_rng, dropout_rng = jax.random.split(rng)
@@ -479,7 +484,7 @@ def train_and_evaluate(
     module, tx, mesh, rules, init_rng, init_params
   )
 
-  data_config = _data_pipeline_config(config, data_files, shape.per_host_batch)
+  data_config = data_pipeline_config(config, data_files, shape.per_host_batch)
   train_iter = pipeline.create_train_iterator(
     data_config, jax.process_index(), jax.process_count()
   )

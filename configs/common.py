@@ -91,7 +91,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.hidden_dropout_prob = 0.1
   config.model.attention_probs_dropout_prob = 0.1
   config.model.max_position_embeddings = 512
-  # Start from these weights (a HF directory or a bertjax model directory);
+  # Start from these weights: a Hugging Face or bertjax model directory, a
+  # Google TF checkpoint, or another run's workdir (its newest checkpoint;
+  # params only, fresh optimizer: how phase 2 starts from phase 1);
   # '' initialises randomly.
   config.model.init_from = ''
 

@@ -146,6 +146,101 @@ class SaveLoadTest:
       )
 
 
+class _PositionIterator:
+  """A data iterator as TrainCheckpointer wants one: save/restore(prefix)."""
+
+  def __init__(self, position=0):
+    self.position = position
+
+  def save(self, prefix):
+    with open(prefix + '.json', 'w') as f:
+      json.dump(self.position, f)
+
+  def restore(self, prefix):
+    with open(prefix + '.json') as f:
+      self.position = json.load(f)
+
+
+def _save_training_run(workdir, config, params, steps, **kwargs):
+  """Training checkpoints whose params at step s are `params + s`."""
+  ckpt = checkpoint.TrainCheckpointer(workdir, keep=5, **kwargs)
+  for step in steps:
+    shifted = jax.tree.map(lambda x, s=step: x + s, params)
+    state = {'step': step, 'params': shifted, 'opt_state': {'mu': params}}
+    ckpt.save(step, state, _PositionIterator(step))
+  ckpt.wait()
+  ckpt.close()
+
+
+class TrainingWorkdirTest:
+  def test_a_workdir_is_a_model(self, saved, tmp_path):
+    model_dir, config, params = saved
+    vocab = os.path.join(model_dir, 'vocab.txt')
+    workdir = str(tmp_path / 'run')
+    _save_training_run(
+      workdir,
+      config,
+      params,
+      [1, 2],
+      model_config=config,
+      tokenizer_path=vocab,
+    )
+    step_1 = os.path.join(workdir, 'checkpoints', '1')
+    for path in (workdir, os.path.join(workdir, 'checkpoints'), step_1):
+      assert checkpoint.detect_format(path) == 'training'
+    loaded, back, tokenizer = checkpoint.load_pretrained(workdir)
+    assert loaded == config and tokenizer == vocab
+    _assert_equal(back, jax.tree.map(lambda x: x + 2, params))
+    _, back, _ = checkpoint.load_pretrained(step_1)
+    _assert_equal(back, jax.tree.map(lambda x: x + 1, params))
+    # As phase 2 takes it: another layout and dropout, params only.
+    unscanned = config.replace(scan_layers=False, hidden_dropout_prob=0.0)
+    back = checkpoint.load_pretrained_params(step_1, unscanned)
+    assert 'layer_1' in back['bert']['encoder']
+    # And exported to a model directory.
+    out = str(tmp_path / 'exported')
+    assert convert.convert(workdir, out) == 'bertjax'
+    _, back, tokenizer = checkpoint.load_model(out)
+    _assert_equal(back, jax.tree.map(lambda x: x + 2, params))
+    assert os.path.basename(tokenizer) == 'vocab.txt'
+
+  def test_unusable_workdirs(self, saved, tmp_path):
+    model_dir, config, params = saved
+    old = str(tmp_path / 'old')
+    _save_training_run(old, config, params, [3])
+    with pytest.raises(cli.UserError, match='records no model config'):
+      checkpoint.load_pretrained(old)
+    # What a save interrupted before its commit leaves is not a step.
+    os.makedirs(os.path.join(old, 'checkpoints', '4.orbax-checkpoint-tmp-9'))
+    with pytest.raises(
+      cli.UserError, match=r'step 4 is not a complete checkpoint.*\[3\]'
+    ):
+      checkpoint.load_training_params(os.path.join(old, 'checkpoints', '4'))
+    # A step directory emptied by hand.
+    os.makedirs(os.path.join(old, 'checkpoints', '6'))
+    with pytest.raises(
+      cli.UserError, match='6: not a readable training checkpoint'
+    ):
+      checkpoint.load_pretrained(old)
+    empty = tmp_path / 'empty'
+    (empty / 'checkpoints').mkdir(parents=True)
+    with pytest.raises(cli.UserError, match='no complete training checkpoint'):
+      checkpoint.load_pretrained(str(empty))
+    gone = str(tmp_path / 'gone')
+    vocab = tmp_path / 'vocab.txt'
+    vocab.write_text('[PAD]\n')
+    _save_training_run(
+      gone,
+      config,
+      params,
+      [1],
+      model_config=config,
+      tokenizer_path=str(vocab),
+    )
+    vocab.unlink()
+    assert checkpoint.load_pretrained(gone)[2] is None
+
+
 class ErrorsTest:
   def test_missing_files(self, saved, tmp_path):
     with pytest.raises(cli.UserError, match='nowhere: not a directory'):

@@ -186,7 +186,9 @@ def _restore_target(
     saved.replace(param_dtype=config.param_dtype)
   )
   if shardings is None or relayout:
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    # This process's own device: in a multi-host run every process reads
+    # the whole params (then placed onto the global shardings).
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target_shardings = jax.tree.map(lambda _: device, target)
   else:
     target_shardings = shardings

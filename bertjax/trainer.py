@@ -191,7 +191,14 @@ def create_train_state(
     return sharding.create_sharded(init, mesh, rules, rng)
   abstract = jax.eval_shape(init, rng)
   shardings = sharding.get_shardings(abstract, mesh, rules)
-  params = jax.device_put(init_params, shardings.params)
+  # Every process holds the whole params; each device takes its shard, which
+  # also works when the mesh spans processes.
+  host = jax.device_get(init_params)
+  params = jax.tree.map(
+    lambda x, s: jax.make_array_from_callback(x.shape, s, lambda i: x[i]),
+    host,
+    shardings.params,
+  )
 
   def init_from(params):
     return TrainState.create(apply_fn=module.apply, params=params, tx=tx)
@@ -628,6 +635,17 @@ def train_and_evaluate(
     step,
     _params_checksum(state.params),
   )
+  if data_files.majority_token_accuracy and 'train/mlm_accuracy' in last_train:
+    logging.info(
+      'MLM accuracy %.4f (train, last %d steps)%s against %.4f for always '
+      'predicting the most frequent token',
+      last_train['train/mlm_accuracy'],
+      config.log_every_steps,
+      f', {last_eval["eval/mlm_accuracy"]:.4f} (eval)'
+      if 'eval/mlm_accuracy' in last_eval
+      else '',
+      data_files.majority_token_accuracy,
+    )
   if jax.process_index() == 0:
     reporting.plot_learning_curves(
       workdir,

@@ -6,7 +6,9 @@ that needs it; later runs reuse it.
 """
 
 import functools
+import json
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -371,6 +373,10 @@ class ProcessTest:
       stderr=subprocess.PIPE,
     )
     _wait_for(lambda: len(_losses(str(workdir))) >= 3, proc)
+    if platform.libc_ver()[0] == 'glibc':
+      # The command restarted itself (same pid) with huge pages for malloc.
+      with open(f'/proc/{proc.pid}/environ', 'rb') as f:
+        assert b'GLIBC_TUNABLES=glibc.malloc.hugetlb=1' in f.read().split(b'\0')
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr.decode()[-2000:]
@@ -481,6 +487,50 @@ class ProcessTest:
     ]
     assert len(lines) == 1, result.stderr[-2000:]
     assert 'batch_size 30 is not divisible' in lines[0]
+
+
+_RESTART_PROBE = """
+import json, os, sys
+from bertjax import train
+os.execve = lambda exe, argv, env: print(
+  json.dumps([exe == sys.executable, argv == sys.orig_argv,
+              env.get('GLIBC_TUNABLES')]))
+train._restart_with_malloc_huge_pages()
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != 'glibc', reason='a glibc tunable')
+@pytest.mark.parametrize(
+  'env, restart',
+  [
+    ({}, 'glibc.malloc.hugetlb=1'),
+    (
+      {'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'},
+      'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1',
+    ),
+    ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}, None),
+    ({'BERTJAX_MALLOC_HUGETLB': '0'}, None),
+  ],
+)
+def test_the_command_restarts_once_with_huge_pages(env, restart):
+  base = {
+    k: v
+    for k, v in os.environ.items()
+    if k not in ('GLIBC_TUNABLES', 'BERTJAX_MALLOC_HUGETLB')
+  }
+  result = subprocess.run(
+    [sys.executable, '-c', _RESTART_PROBE],
+    env={**base, **env},
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    check=True,
+  )
+  lines = result.stdout.splitlines()
+  if restart is None:
+    assert not lines
+  else:
+    assert [json.loads(line) for line in lines] == [[True, True, restart]]
 
 
 def _checksum(stderr):

@@ -464,7 +464,12 @@ class TrainCheckpointer:
         json.loads(config.to_json_best_effort()) if config is not None else {}
       ),
       'model': model_config.to_dict() if model_config is not None else None,
-      'tokenizer': tokenizer_path and os.path.abspath(tokenizer_path),
+      'tokenizer': tokenizer_path
+      and (
+        tokenizer_path
+        if '://' in tokenizer_path
+        else os.path.abspath(tokenizer_path)
+      ),
     }
 
   def latest_step(self) -> int | None:
@@ -522,21 +527,24 @@ def _first_line(error: Exception) -> str:
 
 def _training_checkpoints(path: str) -> tuple[str, int | None] | None:
   """(checkpoints directory, step or None for the newest) when `path` is a
-  training workdir, its checkpoints directory or one step in it."""
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, TRAINING_CHECKPOINTS_DIR)):
-    return os.path.join(path, TRAINING_CHECKPOINTS_DIR), None
-  parent, name = os.path.split(path)
-  if name == TRAINING_CHECKPOINTS_DIR and os.path.isdir(path):
-    return path, None
+  training workdir, its checkpoints directory or one step in it.
+
+  Through `etils.epath`, as Orbax writes them: local or `gs://` alike.
+  """
+  path = epath.Path(path if '://' in str(path) else os.path.abspath(path))
+  if (path / TRAINING_CHECKPOINTS_DIR).is_dir():
+    return os.fspath(path / TRAINING_CHECKPOINTS_DIR), None
+  if path.name == TRAINING_CHECKPOINTS_DIR and path.is_dir():
+    return os.fspath(path), None
   # A step that is not there (yet) still names its run: the error can say
   # which steps are.
+  parent = path.parent
   if (
-    name.isdigit()
-    and os.path.basename(parent) == TRAINING_CHECKPOINTS_DIR
-    and os.path.isdir(parent)
+    path.name.isdigit()
+    and parent.name == TRAINING_CHECKPOINTS_DIR
+    and parent.is_dir()
   ):
-    return parent, int(name)
+    return os.fspath(parent), int(path.name)
   return None
 
 
@@ -633,7 +641,7 @@ def load_training_params(
     restored.state['params'], config, relayout, shardings
   )
   tokenizer = meta.get('tokenizer')
-  if tokenizer and not os.path.isfile(tokenizer):
+  if tokenizer and not epath.Path(tokenizer).is_file():
     logging.warning('%s: its tokenizer %s is gone', where, tokenizer)
     tokenizer = None
   return config, params, tokenizer

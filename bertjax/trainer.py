@@ -157,6 +157,40 @@ def get_batch_shapes(
   )
 
 
+def _state_init_fn(module: model.BertForPreTraining, tx):
+  """`key -> TrainState` of randomly initialised params."""
+  dummy = jnp.zeros((1, 8), jnp.int32)
+
+  def init(key):
+    params = module.init(
+      key, dummy, masked_lm_positions=jnp.zeros((1, 1), jnp.int32)
+    )['params']
+    return TrainState.create(apply_fn=module.apply, params=params, tx=tx)
+
+  return init
+
+
+def abstract_train_state(
+  module: model.BertForPreTraining,
+  tx: optax.GradientTransformation,
+  mesh: jax.sharding.Mesh,
+  rules: sharding.Rules,
+) -> TrainState:
+  """The train state as sharded `ShapeDtypeStruct`s, with no memory touched.
+
+  What `jax.jit(train_step).lower(...)` needs to compile the step ahead of
+  time for a mesh (for instance a TPU topology described on a CPU host).
+  """
+  init = _state_init_fn(module, tx)
+  abstract = jax.eval_shape(init, jax.random.key(0))
+  shardings = sharding.get_shardings(abstract, mesh, rules)
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+    nn.unbox(abstract),
+    shardings,
+  )
+
+
 def create_train_state(
   module: model.BertForPreTraining,
   tx: optax.GradientTransformation,
@@ -179,14 +213,7 @@ def create_train_state(
   Returns:
     (state, its NamedSharding tree).
   """
-  dummy = jnp.zeros((1, 8), jnp.int32)
-
-  def init(key):
-    params = module.init(
-      key, dummy, masked_lm_positions=jnp.zeros((1, 1), jnp.int32)
-    )['params']
-    return TrainState.create(apply_fn=module.apply, params=params, tx=tx)
-
+  init = _state_init_fn(module, tx)
   if init_params is None:
     return sharding.create_sharded(init, mesh, rules, rng)
   abstract = jax.eval_shape(init, rng)

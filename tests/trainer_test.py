@@ -17,7 +17,6 @@ import time
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -224,7 +223,7 @@ class TrainingTest:
     tx, schedule = optimizer.create_optimizer(
       trainer.get_optimizer_config(config)
     )
-    state = _abstract_state(module, tx, mesh, rules)
+    state = trainer.abstract_train_state(module, tx, mesh, rules)
     batch = trainer.get_batch_shapes(64, 128, 20)
     batch_sharding = sharding.batch_sharding(mesh)
     batch = {
@@ -274,26 +273,6 @@ class TrainingTest:
     losses = _losses(str(tmp_path))
     assert sorted(losses) == [1, 2, 3, 4]
     assert any(v is None for v in losses.values())
-
-
-def _abstract_state(module, tx, mesh, rules):
-  def init(key):
-    params = module.init(
-      key,
-      jnp.zeros((1, 8), jnp.int32),
-      masked_lm_positions=jnp.zeros((1, 1), jnp.int32),
-    )['params']
-    return trainer.TrainState.create(
-      apply_fn=module.apply, params=params, tx=tx
-    )
-
-  abstract = jax.eval_shape(init, jax.random.key(0))
-  shardings = sharding.get_shardings(abstract, mesh, rules)
-  return jax.tree.map(
-    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-    nn.unbox(abstract),
-    shardings,
-  )
 
 
 def _first_batch(config):

@@ -58,23 +58,6 @@ def _read_batches(config, data_files, steps):
   return batches, evals
 
 
-def _recipe(config, steps):
-  o = config.optim
-  return optimizer.OptimizerConfig(
-    name=o.name,
-    learning_rate=o.learning_rate,
-    warmup_steps=o.warmup_steps,
-    total_steps=o.decay_steps or steps,
-    end_learning_rate=o.end_learning_rate,
-    decay_power=o.decay_power,
-    b1=o.b1,
-    b2=o.b2,
-    eps=o.eps,
-    weight_decay=o.weight_decay,
-    grad_clip_norm=o.grad_clip_norm,
-  )
-
-
 def _train_bertjax(bert_config, recipe, config, batches, evals):
   module = model.BertForPreTraining(bert_config)
   tx, schedule = optimizer.create_optimizer(recipe)
@@ -166,7 +149,8 @@ def main(argv):
     data_files = prepare.prepare_data(config.data, config.max_seq_length, tmp)
     batches, evals = _read_batches(config, data_files, steps)
   bert_config = trainer.get_model_config(config, data_files.vocab_size)
-  recipe = _recipe(config, steps)
+  config.num_train_steps = steps  # The schedule decays over the run.
+  recipe = trainer.get_optimizer_config(config)
   runs = {}
   trainers = {'bertjax': _train_bertjax} if _OURS.value else {}
   if _PEER.value:

@@ -66,17 +66,7 @@ def _train_bertjax(bert_config, recipe, config, batches, evals):
   state, _ = trainer.create_train_state(
     module, tx, mesh, rules, jax.random.key(config.seed)
   )
-  step = jax.jit(
-    functools.partial(
-      trainer.train_step,
-      module=module,
-      schedule=schedule,
-      micro_batches=1,
-      use_nsp=bool(config.data.nsp),
-      nan_policy='stop',
-    ),
-    donate_argnums=0,
-  )
+  step = trainer.jit_train_step(module, schedule, use_nsp=bool(config.data.nsp))
   evaluate = jax.jit(
     functools.partial(
       trainer.eval_step, module=module, use_nsp=bool(config.data.nsp)

@@ -16,7 +16,6 @@ also at the masked positions only. Prints sequences/s, the
 model FLOP/s behind them (bertjax.flops), and ratios.
 """
 
-import functools
 import os
 import time
 
@@ -64,17 +63,7 @@ def _jax_runner(dtype, batch):
   state, _ = trainer.create_train_state(
     module, tx, mesh, rules, jax.random.key(0)
   )
-  step = jax.jit(
-    functools.partial(
-      trainer.train_step,
-      module=module,
-      schedule=schedule,
-      micro_batches=1,
-      use_nsp=True,
-      nan_policy='stop',
-    ),
-    donate_argnums=0,
-  )
+  step = trainer.jit_train_step(module, schedule)
   holder = {'state': state}
 
   def run(n):

@@ -230,20 +230,9 @@ class TrainingTest:
       k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
       for k, v in batch.items()
     }
-    step = functools.partial(
-      trainer.train_step,
-      module=module,
-      schedule=schedule,
-      micro_batches=2,
-      use_nsp=True,
-      nan_policy='stop',
-    )
+    step = trainer.jit_train_step(module, schedule, micro_batches=2)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      compiled = (
-        jax.jit(step, donate_argnums=0)
-        .lower(state, batch, jax.random.key(0))
-        .compile()
-      )
+      compiled = step.lower(state, batch, jax.random.key(0)).compile()
     assert compiled.memory_analysis() is not None
 
   def test_non_finite_loss_stops_and_keeps_the_good_checkpoint(
@@ -316,15 +305,8 @@ def _run_one_step(config, mesh_shape, devices=None):
   state, shardings = trainer.create_train_state(
     module, tx, mesh, rules, jax.random.key(0)
   )
-  step = jax.jit(
-    functools.partial(
-      trainer.train_step,
-      module=module,
-      schedule=schedule,
-      micro_batches=config.micro_batches,
-      use_nsp=True,
-      nan_policy='stop',
-    )
+  step = trainer.jit_train_step(
+    module, schedule, micro_batches=config.micro_batches
   )
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     global_batch = jax.device_put(batch, sharding.batch_sharding(mesh))

@@ -98,6 +98,22 @@ def _parse_flags(argv):
   `--config.bach_size=3` fails inside ml_collections while flags are parsed,
   before `main` (and `cli.run`) is reached.
   """
+  args = argv[1:]
+  for i, arg in enumerate(args):
+    value = (
+      arg[len('--config=') :]
+      if arg.startswith('--config=')
+      else (args[i + 1] if arg == '--config' and i + 1 < len(args) else None)
+    )
+    if value is not None:
+      path = value.split(':', 1)[0]
+      if not os.path.isfile(path):
+        # ml_collections would report it wrapped in two other messages.
+        print(
+          f'bertjax.train: error: --config: {path}: no such file',
+          file=sys.stderr,
+        )
+        sys.exit(2)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:

@@ -449,6 +449,26 @@ class ProcessTest:
     assert len(lines) == 1, result.stderr[-2000:]
     assert 'batch_size 30 is not divisible' in lines[0]
 
+  def test_missing_config_file_is_one_line(self, tmp_path):
+    result = subprocess.run(
+      [
+        sys.executable,
+        '-m',
+        'bertjax.train',
+        '--config',
+        'configs/nope.py:steps=3',
+        f'--workdir={tmp_path}',
+      ],
+      cwd=ROOT,
+      env=_env(),
+      capture_output=True,
+      text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+      'bertjax.train: error: --config: configs/nope.py: no such file'
+    )
+
 
 _RESTART_PROBE = """
 import json, os, sys

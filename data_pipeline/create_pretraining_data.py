@@ -18,8 +18,10 @@ worker) turn each unit into records: tokenize in-graph (the tokenizer's
 `create_tf_tokenize_fn`, about 10x the Python tokenizer's throughput here),
 build pairs `dupe_factor` times as token ranges, shuffle within the unit,
 mask (`data_pipeline.masking`, the one masking implementation of the
-project) and serialize. The main process writes each unit's records, in unit
-order, round-robin over the split's shards, then `stats.json`. At most
+project) and serialize straight into TFRecord file bytes
+(`data_pipeline.example_bytes`, `data_pipeline.tfrecord`). The main process
+writes each unit's records, in unit order, spread evenly over the split's
+shards (a contiguous run of the unit per shard), then `stats.json`. At most
 `2 * num_workers` units are in flight, so memory does not grow with the
 corpus (measured: the same peak for 12.5 MB and 50 MB of text).
 
@@ -74,7 +76,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from data_pipeline import documents, masking, tokenizers
+from data_pipeline import documents, example_bytes, masking, tokenizers
 
 SPLITS = ('train', 'eval')
 # Masking seeds pack (split, unit, example) into one int64: the unit index
@@ -143,129 +145,6 @@ class CreationConfig:
 
 
 # ---------------------------------------------------------------------------
-# Serialization: tf.train.Example bytes, vectorised over a batch.
-
-
-class _Pieces:
-  """Per-example byte strings of a batch, as padded blocks.
-
-  Example i's bytes are the concatenation over blocks of `data[i][valid[i]]`.
-  Blocks are only concatenated once, at the end: nesting protobuf fields
-  would otherwise copy every byte once per level.
-
-  Attributes:
-    blocks: `(data [batch, width] uint8, valid [batch, width] bool)` pairs.
-    length: `[batch]` int64, the bytes per example.
-  """
-
-  def __init__(self, blocks, length):
-    self.blocks, self.length = blocks, length
-
-  @classmethod
-  def dense(cls, data: np.ndarray) -> '_Pieces':
-    """`[batch, width]` uint8, all valid."""
-    valid = np.ones(data.shape, bool)
-    return cls([(data, valid)], np.full(data.shape[0], data.shape[1]))
-
-  @classmethod
-  def constant(cls, value: bytes, batch: int) -> '_Pieces':
-    data = np.frombuffer(value, np.uint8)
-    return cls.dense(np.broadcast_to(data, (batch, len(value))))
-
-  @classmethod
-  def varint(cls, values: np.ndarray) -> '_Pieces':
-    """Protobuf varints of `[batch, k]` non-negative integers, concatenated
-    per example."""
-    batch = values.shape[0]
-    width = max(1, (int(values.max(initial=0)).bit_length() + 6) // 7)
-    # Whole-array ops on 2-D arrays, one per varint byte: numpy broadcasts a
-    # 3-D shift of uint64 ~20x slower.
-    values = values.astype(np.uint32 if width <= 4 else np.uint64)
-    if width == 1:
-      return cls.dense(values.astype(np.uint8))
-    data, valid = [], [np.ones(values.shape, bool)]
-    for k in range(width):
-      byte = ((values >> (7 * k)) & 0x7F).astype(np.uint8)
-      if k + 1 < width:
-        more = values >= values.dtype.type(1 << (7 * (k + 1)))
-        byte |= more.astype(np.uint8) << 7
-        valid.append(more)
-      data.append(byte)
-    valid = np.stack(valid, axis=-1).reshape(batch, -1)
-    data = np.stack(data, axis=-1).reshape(batch, -1)
-    return cls([(data, valid)], valid.sum(axis=1, dtype=np.int64))
-
-  @classmethod
-  def concat(cls, pieces: list['_Pieces']) -> '_Pieces':
-    blocks = [block for p in pieces for block in p.blocks]
-    return cls(blocks, sum(p.length for p in pieces))
-
-  def field(self, tag: int) -> '_Pieces':
-    """This as a length-delimited protobuf field: tag, varint length, bytes."""
-    batch = self.length.shape[0]
-    return _Pieces.concat(
-      [
-        _Pieces.constant(bytes([tag]), batch),
-        _Pieces.varint(self.length[:, None]),
-        self,
-      ]
-    )
-
-  def to_bytes(self) -> list[bytes]:
-    data = np.concatenate([d for d, _ in self.blocks], axis=1)
-    valid = np.concatenate([v for _, v in self.blocks], axis=1)
-    flat = data[valid].tobytes()
-    ends = np.cumsum(self.length)
-    starts = ends - self.length
-    return [flat[s:e] for s, e in zip(starts.tolist(), ends.tolist())]
-
-
-def serialize_examples(features: dict[str, np.ndarray]) -> list[bytes]:
-  """Serializes a batch of examples exactly like `tf.train.Example`.
-
-  The bytes equal `tf.train.Example(...).SerializeToString(deterministic=True)`
-  (features in key order, packed lists), built with numpy for the whole
-  batch: protobuf messages built one by one cost ~120 us per example here,
-  more than all the rest of example creation.
-
-  Args:
-    features: name -> `[batch, width]` array, `width >= 1`; integer arrays
-      (non-negative) become an `Int64List`, float32 arrays a `FloatList`.
-
-  Returns:
-    `batch` serialized `tf.train.Example`s.
-  """
-  entries = []
-  for name in sorted(features):
-    values = np.asarray(features[name])
-    if values.ndim != 2 or values.shape[1] < 1:
-      raise ValueError(f'{name}: want [batch, width>=1], got {values.shape}')
-    batch = values.shape[0]
-    if values.dtype == np.float32:
-      packed = _Pieces.dense(
-        values.astype('<f4').view(np.uint8).reshape(batch, -1)
-      )
-      kind = 0x12  # Feature.float_list
-    elif np.issubdtype(values.dtype, np.integer):
-      if values.size and values.min() < 0:
-        raise ValueError(f'{name}: negative values are not supported')
-      packed = _Pieces.varint(values)
-      kind = 0x1A  # Feature.int64_list
-    else:
-      raise ValueError(f'{name}: dtype {values.dtype} is neither int nor f32')
-    key = name.encode()
-    feature = packed.field(0x0A).field(kind)  # {Int64,Float}List.value
-    entry = _Pieces.concat(
-      [
-        _Pieces.constant(bytes([0x0A, len(key)]) + key, batch),  # key
-        feature.field(0x12),  # value
-      ]
-    )
-    entries.append(entry.field(0x0A))  # Features.feature
-  return _Pieces.concat(entries).field(0x0A).to_bytes()  # Example.features
-
-
-# ---------------------------------------------------------------------------
 # Pairs.
 
 
@@ -330,23 +209,27 @@ class PairBuilder:
 
   def add(
     self,
-    a: tuple[int, int],
-    b: tuple[int, int],
+    a_start: int,
+    a_len: int,
+    b_start: int,
+    b_len: int,
     label: int,
     possible: bool,
   ) -> None:
     """Adds `[CLS] A [SEP] B [SEP]`, or `[CLS] A [SEP]` if B is empty.
 
     Args:
-      a: `(start, length)` of segment A in the unit's tokens, length >= 1.
-      b: `(start, length)` of segment B; length 0 for none.
+      a_start: where segment A starts in the unit's tokens.
+      a_len: its length, >= 1.
+      b_start: where segment B starts.
+      b_len: its length; 0 for none.
       label: 0 = IsNext, 1 = random next.
       possible: whether B could have been the true continuation.
     """
-    self.a_start.append(a[0])
-    self.a_len.append(a[1])
-    self.b_start.append(b[0])
-    self.b_len.append(b[1])
+    self.a_start.append(a_start)
+    self.a_len.append(a_len)
+    self.b_start.append(b_start)
+    self.b_len.append(b_len)
     self.labels.append(label)
     self.continuation_possible.append(possible)
 
@@ -377,28 +260,31 @@ class PairBuilder:
       np.asarray(x, np.int32)[order][:, None]
       for x in (self.a_start, self.a_len, self.b_start, self.b_len, self.labels)
     )
-    has_b = b_len > 0
-    total = a_len + b_len + 2 + has_b
+    total = a_len + b_len + 2 + (b_len > 0)
     if total.size and total.max() > max_seq_length:
       raise ValueError(f'an example has {total.max()} > {max_seq_length}')
+    n = total.shape[0]
+    rows = np.arange(n)
     column = np.arange(max_seq_length, dtype=np.int32)[None, :]
+    # Position q holds tokens[a_start + q - 1] in A and tokens[b_start + q -
+    # b_first] in B: one gather over all positions, then [CLS], [SEP] and
+    # padding written over it. The padded token array keeps every index of
+    # the other positions in range (-1 wraps to a padding 0).
+    padded = np.concatenate([tokens, np.zeros(max_seq_length + 1, np.int32)])
     b_first = a_len + 2
-    in_a = (column >= 1) & (column <= a_len)
-    in_b = (column >= b_first) & (column < b_first + b_len)
-    index = np.where(in_a, a_start - 1, b_start - b_first) + column
-    input_ids = np.where(
-      in_a | in_b, tokens[np.where(in_a | in_b, index, 0)], 0
-    )
-    input_ids[:, 0] = cls_id
-    input_ids[column == a_len + 1] = sep_id
-    input_ids[has_b & (column == total - 1)] = sep_id
+    in_b = column >= b_first
+    input_ids = padded[column + np.where(in_b, b_start - b_first, a_start - 1)]
     input_mask = column < total
+    input_ids *= input_mask
+    input_ids[:, 0] = cls_id
+    input_ids[rows, a_len[:, 0] + 1] = sep_id
+    # Without B, total - 1 is A's [SEP] already.
+    input_ids[rows, total[:, 0] - 1] = sep_id
     return {
       'input_ids': input_ids.astype(np.int32, copy=False),
       'input_mask': input_mask.astype(np.int32),
-      'segment_ids': (has_b & input_mask & (column >= b_first)).astype(
-        np.int32
-      ),
+      # Without B, b_first == total: no position is in B.
+      'segment_ids': (in_b & input_mask).astype(np.int32),
       'next_sentence_labels': labels,
     }
 
@@ -443,55 +329,60 @@ def create_document_pairs(
   n = len(edges) - 1
   max_num_tokens = config.max_seq_length - 3
   target = _target_length(max_num_tokens, config.short_seq_prob, rng)
+  # Locals: this loop runs once per example, dupe_factor times per document.
+  uniform, bisect_left, num_docs = rng.random, bisect.bisect_left, len(bounds)
   dropped = 0
   i = 0
   while i < n:
     # The chunk is sentences [first, end): the original adds sentences until
     # they hold `target` tokens or the document ends.
     first = i
-    end = min(bisect.bisect_left(edges, edges[i] + target, i + 1), n)
+    end = min(bisect_left(edges, edges[i] + target, i + 1), n)
     # A lone sentence cannot be followed by its true continuation: take the
     # next one along, or at the end of the document the one before, so that
     # the label stays a fair coin (see the NSP note in the module docstring).
     borrowed = False
-    if end - first == 1 and end < n:
-      end += 1
-    elif end - first == 1 and first > 0:
-      first -= 1
-      borrowed = True
+    if end - first == 1:
+      if end < n:
+        end += 1
+      elif first > 0:
+        first -= 1
+        borrowed = True
     possible = end - first >= 2
-    a_end = first + 1 + (_below(rng, end - first - 1) if possible else 0)
-    is_random = not possible or rng.random() < 0.5
-    if is_random and len(bounds) < 2:
+    # int(uniform() * k) is _below(rng, k), inlined.
+    a_end = first + 1 + (int(uniform() * (end - first - 1)) if possible else 0)
+    is_random = not possible or uniform() < 0.5
+    if is_random and num_docs < 2:
       # A split of one document: no random next segment exists.
       is_random = False
       dropped += not possible
     if is_random and borrowed:
       # The borrowed sentence was used already: A is the lone last one.
       first, a_end = i, i + 1
-    a = (edges[first], edges[a_end] - edges[first])
+    a_start = edges[first]
+    a_len = edges[a_end] - a_start
     if is_random:
-      other = _below(rng, len(bounds) - 1)
+      other = int(uniform() * (num_docs - 1))
       other += other >= doc_index
       other_edges = bounds[other]
-      start = _below(rng, len(other_edges) - 1)
+      start = int(uniform() * (len(other_edges) - 1))
       # Sentences from `start` until they hold target - len(A) tokens, at
       # least one.
-      stop = bisect.bisect_left(
-        other_edges, other_edges[start] + target - a[1], start + 1
-      )
-      stop = min(stop, len(other_edges) - 1)
-      b = (other_edges[start], other_edges[stop] - other_edges[start])
+      b_start = other_edges[start]
+      stop = bisect_left(other_edges, b_start + target - a_len, start + 1)
+      b_len = other_edges[min(stop, len(other_edges) - 1)] - b_start
       # The unused sentences go back for the next chunk.
       i = a_end
     else:
-      b = (edges[a_end], edges[end] - edges[a_end])
+      b_start = edges[a_end]
+      b_len = edges[end] - b_start
       i = end
-    if b[1]:
-      cut_a, cut_b = compute_truncation(a[1], b[1], max_num_tokens)
-      out.add(
-        _trim(*a, cut_a, rng), _trim(*b, cut_b, rng), int(is_random), possible
-      )
+    if b_len:
+      if a_len + b_len > max_num_tokens:
+        cut_a, cut_b = compute_truncation(a_len, b_len, max_num_tokens)
+        a_start, a_len = _trim(a_start, a_len, cut_a, rng)
+        b_start, b_len = _trim(b_start, b_len, cut_b, rng)
+      out.add(a_start, a_len, b_start, b_len, int(is_random), possible)
   return dropped
 
 
@@ -533,7 +424,7 @@ def create_packed_sequences(
     else:
       # The next sentence alone is longer than the target: cut it.
       stop = position + target
-    out.add((position, stop - position), (0, 0), 0, False)
+    out.add(position, stop - position, 0, 0, 0, False)
     position = stop
 
 
@@ -647,11 +538,22 @@ class UnitStats:
 
 @dataclasses.dataclass
 class UnitResult:
-  """A unit's serialized examples, in their final (shuffled) order."""
+  """A unit's serialized examples, in their final (shuffled) order, as
+  TFRecord file contents.
+
+  Attributes:
+    unit_split: 'train' or 'eval'.
+    unit_index: the unit's number within its split.
+    records: the framed records one after another (`tfrecord`).
+    ends: `[num_records]` int64, where each record's frame ends in
+      `records`.
+    stats: what the unit held and cost.
+  """
 
   unit_split: str
   unit_index: int
-  records: list[bytes]
+  records: bytes
+  ends: np.ndarray
   stats: UnitStats
 
 
@@ -676,9 +578,13 @@ class Worker:
     # In-graph tokenization: about 10x the throughput of the tokenizer's
     # Python encode_batch here (Hugging Face `tokenizers`, ~1.6 MB/s per
     # core), with the same ids on the registry corpora (tokenizers module).
+    # autograph=False here and below: both functions are plain graph code,
+    # and converting them (tf_text's included) cost seconds of CPU per
+    # worker at start-up.
     self._tokenize = tf.function(
       tok.create_tf_tokenize_fn(),
       input_signature=[tf.TensorSpec([None], tf.string)],
+      autograph=False,
     )
     self._mask = None
     if config.mask:
@@ -699,7 +605,8 @@ class Worker:
           tf.TensorSpec([None, length], tf.int32),
           tf.TensorSpec([None, length], tf.int32),
           tf.TensorSpec([None, 2], tf.int64),
-        ]
+        ],
+        autograph=False,
       )
       def mask(input_ids, input_mask, seeds):
         return masking.mask_batch(
@@ -789,10 +696,10 @@ class Worker:
     n = len(pairs)
     # The original shuffles all examples; here those of a unit, so that the
     # dupe copies of a document are spread out.
-    order = list(range(n))
-    random.Random(
+    # numpy's permutation: random.shuffle costs ~1 us per example.
+    order = np.random.default_rng(
       derive_seed(config.random_seed, unit.split, unit.index, 'shuffle')
-    ).shuffle(order)
+    ).permutation(n)
     features = pairs.arrays(
       tokens,
       config.max_seq_length,
@@ -810,14 +717,19 @@ class Worker:
     if self._mask is not None:
       features.update(self._mask_features(unit, features))
       stats.masked_positions = int(features['masked_lm_weights'].sum())
-    records = []
+    streams, ends, offset = [], [np.zeros(0, np.int64)], 0
     for start in range(0, n, _MASK_BATCH):
-      records += serialize_examples(
+      stream, stream_ends = example_bytes.tfrecord_stream(
         {k: v[start : start + _MASK_BATCH] for k, v in features.items()}
       )
+      streams.append(stream)
+      ends.append(stream_ends + offset)
+      offset += len(stream)
     stats.cpu_seconds = time.process_time() - cpu_started
     stats.text_bytes = sum(len(s.encode()) for doc in unit.docs for s in doc)
-    return UnitResult(unit.split, unit.index, records, stats)
+    return UnitResult(
+      unit.split, unit.index, b''.join(streams), np.concatenate(ends), stats
+    )
 
   def _mask_features(self, unit, features) -> dict[str, np.ndarray]:
     n = features['input_ids'].shape[0]
@@ -904,26 +816,39 @@ def shard_name(split: str, index: int, count: int) -> str:
 
 
 class _ShardWriters:
-  """Writes records round-robin over a split's shards, renamed into place
-  only when complete, so a failed run leaves no shard that looks whole."""
+  """Writes records over a split's shards, renamed into place only when
+  complete, so a failed run leaves no shard that looks whole.
+
+  Each unit's records are cut into one contiguous run per shard, so each
+  shard gets one write per unit. The runs have the sizes a record-by-record
+  round robin would give (continuing from the previous unit), so shards stay
+  within one record of each other; records are shuffled within a unit, so
+  a run is as random a sample of the unit as a round robin's.
+  """
 
   def __init__(self, output_dir: str, split: str, count: int):
     self.names = [shard_name(split, i, count) for i in range(count)]
     self.paths = [os.path.join(output_dir, name) for name in self.names]
-    self._writers = [
-      tf.io.TFRecordWriter(p + '.incomplete') for p in self.paths
+    self._files = [
+      tf.io.gfile.GFile(p + '.incomplete', 'wb') for p in self.paths
     ]
     self._next = 0
 
-  def write(self, records: Iterable[bytes]) -> None:
-    count = len(self._writers)
-    for record in records:
-      self._writers[self._next].write(record)
-      self._next = (self._next + 1) % count
+  def write(self, records: bytes, ends: np.ndarray) -> None:
+    """Writes framed records; `ends` as in `UnitResult`."""
+    count, n = len(self._files), len(ends)
+    bounds = np.concatenate([[0], ends])
+    first = 0
+    for offset in range(min(count, n)):
+      size = n // count + (offset < n % count)
+      piece = records[bounds[first] : bounds[first + size]]
+      self._files[(self._next + offset) % count].write(piece)
+      first += size
+    self._next = (self._next + n) % count
 
   def close(self, complete: bool) -> None:
-    for writer, path in zip(self._writers, self.paths):
-      writer.close()
+    for file, path in zip(self._files, self.paths):
+      file.close()
       if complete:
         tf.io.gfile.rename(path + '.incomplete', path, overwrite=True)
       else:
@@ -992,7 +917,7 @@ def create_pretraining_data(
     for n, result in enumerate(
       _process_units(units, output.num_workers, worker_args)
     ):
-      writers[result.unit_split].write(result.records)
+      writers[result.unit_split].write(result.records, result.ends)
       total.merge(result.stats)
       if n == 0:
         # Start-up (spawning workers, tokenizer, tracing) and the first unit

@@ -11,9 +11,11 @@ Semantics follow google-research/bert `create_masked_lm_predictions`:
   where `num_tokens` is the non-padding length (`[CLS]`/`[SEP]` included) and
   `round` is Python's (half to even).
 * Candidates are the non-padding, non-special tokens; special tokens are never
-  chosen. Candidates (or whole words) are visited in a random order and taken
-  greedily: a word that does not fit in the remaining budget is skipped and
-  smaller later words may still fill it, exactly like the original loop.
+  chosen. Without whole words, the chosen tokens are a uniform random subset
+  of the candidates, as the original's shuffle-and-take-the-first gives.
+  Whole words are visited in a random order and taken greedily: a word that
+  does not fit in the remaining budget is skipped and smaller later words may
+  still fill it, exactly like the original loop.
 * A chosen token becomes `[MASK]` with probability 0.8, a random token with
   probability 0.1 and stays unchanged with probability 0.1. Unlike the
   original, the random token is drawn from a range of ordinary ids with the
@@ -44,8 +46,9 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-# Counter offsets that separate the random streams of one example: priorities
-# use counters [0, seq_len], the replacement decision and the random token of
+# Counter offsets that separate the random streams of one example: the
+# choice of tokens uses counters [0, max_predictions), word priorities
+# [0, seq_len], the replacement decision and the random token of
 # prediction slot j use _DECISION_STREAM + j and _TOKEN_STREAM + j.
 _DECISION_STREAM = 1 << 24
 _TOKEN_STREAM = 1 << 25
@@ -133,11 +136,31 @@ def _random_bits(keys: tf.Tensor, counters: tf.Tensor) -> tf.Tensor:
   return tf.cast(bits, tf.int64)
 
 
-def _membership_table(ids: Sequence[int]) -> tf.Tensor:
-  """A bool table `t` with `t[i]` true iff `i` is in `ids`."""
-  table = np.zeros(max(ids) + 1, dtype=bool)
-  table[list(ids)] = True
-  return tf.constant(table)
+def _is_any_of(ids: tf.Tensor, members: Sequence[int]) -> tf.Tensor:
+  """Whether each of `ids` is in `members` (a few ids, e.g. the specials).
+
+  Compares against each run of consecutive members: a handful of whole-tensor
+  compares cost a fifth of a `gather` from a membership table, which TF's CPU
+  kernel does one element at a time.
+  """
+  members = sorted(set(int(m) for m in members))
+  runs = []
+  for member in members:
+    if runs and member == runs[-1][1] + 1:
+      runs[-1][1] = member
+    else:
+      runs.append([member, member])
+  if len(runs) > 8:
+    table = np.zeros(members[-1] + 1, dtype=bool)
+    table[members] = True
+    return _lookup(tf.constant(table), ids)
+  found = tf.zeros_like(ids, dtype=tf.bool)
+  for low, high in runs:
+    if low == high:
+      found |= tf.equal(ids, low)
+    else:
+      found |= (ids >= low) & (ids <= high)
+  return found
 
 
 def _lookup(table: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
@@ -147,29 +170,68 @@ def _lookup(table: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
   return inside & tf.gather(table, tf.minimum(ids, size - 1))
 
 
-def _choose_tokens(candidates, priorities, num_to_predict, max_predictions):
-  """Takes the `num_to_predict` candidates of highest priority.
+def _prefix_count(candidates: tf.Tensor) -> tf.Tensor:
+  """`cumsum` of `[batch, seq_len]` bools along the sequence, as int32.
+
+  With a static `seq_len`, a log-step scan of whole-tensor adds: TF's CPU
+  `cumsum` walks one row at a time, 2.5x slower here.
+  """
+  counts = tf.cast(candidates, tf.int32)
+  seq_len = candidates.shape[1]
+  if seq_len is None:
+    return tf.cumsum(counts, axis=1)
+  shift = 1
+  while shift < seq_len:
+    counts += tf.pad(counts[:, :-shift], [[0, 0], [shift, 0]])
+    shift *= 2
+  return counts
+
+
+def _choose_tokens(candidates, keys, num_to_predict, max_predictions):
+  """Chooses `min(num_to_predict, #candidates)` candidates uniformly.
+
+  Robert Floyd's algorithm (Bentley & Floyd, "A sample of brilliance",
+  CACM 1987) draws a uniform subset of k ranks out of n in k steps without
+  sorting: step j draws `t` uniform in `[0, n - k + j]` and takes `t`, or
+  `n - k + j` when `t` is taken already. Each step is vectorised over the
+  batch, and the ranks map to positions through the running candidate
+  count. The subset has the law of the original's shuffle-and-take-first-k;
+  a `top_k` over per-position random priorities (the same law) cost 5x
+  this on CPU.
 
   Args:
     candidates: `[batch, seq_len]` bool.
-    priorities: `[batch, seq_len]` int64, distinct within an example.
+    keys: `[batch]` uint32 example keys.
     num_to_predict: `[batch]` int32, at least 1.
     max_predictions: static int, at least `max(num_to_predict)`.
 
   Returns:
-    `[batch, max_predictions]` int32 chosen positions in any order, `seq_len`
-    in unused slots.
+    `[batch, max_predictions]` int32 chosen positions, ascending, `seq_len`
+    in unused slots (last).
   """
   seq_len = tf.shape(candidates)[1]
-  priorities = tf.where(candidates, priorities, tf.constant(-1, tf.int64))
-  # Pad so that `top_k` is valid even when seq_len < max_predictions.
-  padded = tf.pad(priorities, [[0, 0], [0, max_predictions]], 'CONSTANT', -1)
-  top = tf.math.top_k(padded, k=max_predictions, sorted=True)
-  # Fewer candidates than the budget leave -1 priorities in the top slots.
-  valid = (tf.range(max_predictions) < num_to_predict[:, tf.newaxis]) & (
-    top.values >= 0
-  )
-  return tf.where(valid, top.indices, seq_len)
+  counts = _prefix_count(candidates)
+  total = counts[:, -1]
+  k = tf.minimum(num_to_predict, total)
+  # Slot-major [max_predictions, batch]: each step reads one contiguous row,
+  # and the taken-already test reduces over the outer axis, which TF's CPU
+  # kernels vectorise (rows of a few ints along the inner axis they do not).
+  bits = tf.transpose(_random_bits(keys, tf.range(max_predictions)))
+  ranks = []
+  for j in range(max_predictions):
+    top = tf.maximum(total - k + j, 0)
+    # Multiply-shift: 32 uniform bits onto [0, top] (bias < seq_len / 2**32).
+    draw = tf.bitwise.right_shift(bits[j] * tf.cast(top + 1, tf.int64), 32)
+    draw = tf.cast(draw, tf.int32)
+    if ranks:
+      taken = tf.reduce_any(tf.equal(tf.stack(ranks), draw[tf.newaxis, :]), 0)
+      draw = tf.where(taken, top, draw)
+    ranks.append(draw)
+  ranks = tf.transpose(tf.stack(ranks))
+  # Unused slots get rank seq_len, which sorts last and finds no position.
+  ranks = tf.where(tf.range(max_predictions) < k[:, tf.newaxis], ranks, seq_len)
+  # Rank r is at the first position whose running count reaches r + 1.
+  return tf.searchsorted(counts, tf.sort(ranks, axis=1) + 1, side='left')
 
 
 def _choose_whole_words(
@@ -191,8 +253,8 @@ def _choose_whole_words(
     max_predictions: static int.
 
   Returns:
-    `[batch, max_predictions]` int32 chosen positions in any order, `seq_len`
-    in unused slots.
+    `[batch, max_predictions]` int32 chosen positions, ascending, `seq_len`
+    in unused slots (last).
   """
   batch = tf.shape(candidates)[0]
   seq_len = tf.shape(candidates)[1]
@@ -220,7 +282,9 @@ def _choose_whole_words(
     found = tf.reduce_max(scores, axis=1) >= 0
     best_word = tf.gather(word_ids, best, batch_dims=1)
     new = (
-      candidates & (word_ids == best_word[:, tf.newaxis]) & found[:, tf.newaxis]
+      candidates
+      & tf.equal(word_ids, best_word[:, tf.newaxis])
+      & found[:, tf.newaxis]
     )
     remaining -= tf.reduce_sum(tf.cast(new, tf.int32), axis=1)
     return step + 1, chosen | new, remaining, tf.reduce_any(found)
@@ -292,11 +356,14 @@ def mask_batch(
   batch = tf.shape(input_ids)[0]
   seq_len = tf.shape(input_ids)[1]
   real = tf.cast(input_mask, tf.bool)
-  candidates = real & ~_lookup(_membership_table(special_ids), input_ids)
+  candidates = real & ~_is_any_of(input_ids, special_ids)
   keys = _example_keys(seeds)
 
-  # float64 so that round() sees exactly the float product Python sees.
-  num_tokens = tf.reduce_sum(tf.cast(real, tf.float64), axis=1)
+  # float64 so that round() sees exactly the float product Python sees;
+  # counted in int32 (a cast of every position to float64 costs 10x).
+  num_tokens = tf.cast(
+    tf.reduce_sum(tf.cast(real, tf.int32), axis=1), tf.float64
+  )
   num_to_predict = tf.cast(
     tf.round(num_tokens * config.masked_lm_prob), tf.int32
   )
@@ -310,12 +377,10 @@ def mask_batch(
       candidates, word_starts, keys, num_to_predict, max_predictions
     )
   else:
-    priorities = _random_bits(keys, tf.range(seq_len))
     positions = _choose_tokens(
-      candidates, priorities, num_to_predict, max_predictions
+      candidates, keys, num_to_predict, max_predictions
     )
-  # Ascending, the unused slots (seq_len) last, then 0-padded.
-  positions = tf.sort(positions, axis=1)
+  # Ascending, the unused slots (seq_len) last; 0-padded from here on.
   valid = positions < seq_len
   positions = tf.where(valid, positions, 0)
   original = tf.gather(input_ids, positions, batch_dims=1)
@@ -337,13 +402,12 @@ def mask_batch(
     mask_id,
     tf.where(decision < random_below, random_ids, original),
   )
-  # Adding a delta (0 in padded slots) keeps padded slots, which all point at
-  # position 0, from overwriting a real prediction there.
+  # A sum of deltas (0 in padded slots, which all point at position 0) over
+  # flat positions: TF's CPU `tensor_scatter_nd_add` costs 3x this.
   delta = tf.where(valid, replaced - original, 0)
-  rows = tf.broadcast_to(tf.range(batch)[:, tf.newaxis], tf.shape(positions))
-  masked_ids = tf.tensor_scatter_nd_add(
-    input_ids, tf.stack([rows, positions], axis=-1), delta
-  )
+  flat = positions + seq_len * tf.range(batch)[:, tf.newaxis]
+  deltas = tf.math.unsorted_segment_sum(delta, flat, batch * seq_len)
+  masked_ids = input_ids + tf.reshape(deltas, [batch, seq_len])
   return {
     'input_ids': masked_ids,
     'masked_lm_positions': positions,

@@ -228,34 +228,6 @@ def _check_structure(features, cls_id, sep_id, nsp=True):
     assert (segments == 0).all()
 
 
-class SerializeTest:
-  def test_bytes_equal_protobuf_deterministic(self):
-    rng = np.random.default_rng(0)
-    n = 64
-    features = {
-      'input_ids': rng.integers(0, 2**40, (n, 9))
-      >> rng.integers(0, 40, (n, 9)),
-      'b_small': rng.integers(0, 2, (n, 3)).astype(np.int32),
-      'a_float': rng.standard_normal((n, 4)).astype(np.float32),
-      'one': rng.integers(0, 300, (n, 1)),
-    }
-    features['input_ids'][0, :4] = [0, 127, 128, 2**63 - 1]
-    records = cpd.serialize_examples(features)
-    for i in range(n):
-      example = tf.train.Example()
-      for name, values in features.items():
-        feature = example.features.feature[name]
-        if values.dtype == np.float32:
-          feature.float_list.value.extend(values[i].tolist())
-        else:
-          feature.int64_list.value.extend(values[i].tolist())
-      assert records[i] == example.SerializeToString(deterministic=True)
-
-  def test_rejects_negative_ids(self):
-    with pytest.raises(ValueError, match='negative'):
-      cpd.serialize_examples({'x': np.array([[1, -1]])})
-
-
 class TruncationTest:
   def test_matches_original_loop(self):
     """Counts equal those of the original `truncate_seq_pair` loop."""

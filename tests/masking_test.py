@@ -210,6 +210,73 @@ class MaskBatchTest:
     )
     assert same.mean() < 0.01
 
+  def test_chosen_tokens_are_a_uniform_subset(self, tokenizer):
+    # [CLS] 4 words [SEP] 6 words [SEP]: 10 candidates around a special
+    # token mid-row; 13 tokens * 0.25 rounds to 3 predictions.
+    word = tokenizer.encode('hello')[0]
+    cls, sep = tokenizer.cls_id, tokenizer.sep_id
+    row = [cls] + [word] * 4 + [sep] + [word] * 6 + [sep, 0, 0, 0]
+    trials = 20_000
+    input_ids = np.array([row] * trials, np.int32)
+    input_mask = (input_ids != 0).astype(np.int32)
+    config = masking.MaskingConfig(masked_lm_prob=0.25)
+    for seq_len in (16, None):  # a static and an unknown sequence length
+      mask = tf.function(
+        lambda a, b, c: masking.mask_batch(
+          a,
+          b,
+          c,
+          config=config,
+          special_ids=tokenizer.special_ids.tolist(),
+          mask_id=tokenizer.mask_id,
+          replacement_range=tokenizer.replacement_range,
+        ),
+        input_signature=[
+          tf.TensorSpec([None, seq_len], tf.int32),
+          tf.TensorSpec([None, seq_len], tf.int32),
+          tf.TensorSpec([None, 2], tf.int64),
+        ],
+      )
+      seeds = np.stack([np.full(trials, 7), np.arange(trials)], axis=1)
+      out = mask(input_ids, input_mask, seeds)
+      positions = out['masked_lm_positions'].numpy()[:, :3]
+      np.testing.assert_array_equal(out['masked_lm_weights'].numpy().sum(1), 3)
+      chosen = np.zeros((trials, 16), bool)
+      np.put_along_axis(chosen, positions, True, axis=1)
+      candidates = [1, 2, 3, 4, 6, 7, 8, 9, 10, 11]
+      assert not chosen[:, [0, 5, 12, 13, 14, 15]].any()
+      # Each candidate with p = 3/10 and each pair with p = 3*2/(10*9): the
+      # law of a uniform 3-subset, to 5 standard deviations.
+      singles = chosen[:, candidates].mean(axis=0)
+      assert np.abs(singles - 0.3).max() < 5 * np.sqrt(0.3 * 0.7 / trials)
+      both = chosen[:, candidates].T.astype(float) @ chosen[:, candidates]
+      pairs = both[np.triu_indices(10, 1)] / trials
+      p = 1 / 15
+      assert np.abs(pairs - p).max() < 5 * np.sqrt(p * (1 - p) / trials)
+
+  def test_many_special_ids(self, examples, tokenizer):
+    # More than a handful of scattered specials: the membership table path.
+    input_ids, input_mask = (a[:200] for a in examples)
+    special = tokenizer.special_ids.tolist() + list(range(2000, 30000, 1000))
+    seeds = np.stack([np.zeros(200), np.arange(200)], axis=1)
+    out = masking.mask_batch(
+      input_ids,
+      input_mask,
+      seeds,
+      config=masking.MaskingConfig(),
+      special_ids=special,
+      mask_id=tokenizer.mask_id,
+      replacement_range=tokenizer.replacement_range,
+    )
+    weights = out['masked_lm_weights'].numpy() > 0
+    chosen = np.take_along_axis(
+      input_ids, out['masked_lm_positions'].numpy(), axis=1
+    )[weights]
+    assert weights.sum() > 2000
+    assert not np.isin(chosen, special).any()
+    # Special ids in the text are there to be avoided.
+    assert np.isin(input_ids[input_mask > 0], special[5:]).sum() > 0
+
   def test_short_and_empty_rows(self, tokenizer):
     cls, sep = tokenizer.cls_id, tokenizer.sep_id
     word = tokenizer.encode('hello')[0]

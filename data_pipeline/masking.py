@@ -1,8 +1,11 @@
 """BERT masked-LM masking as pure, batched TensorFlow ops.
 
-This module owns the one masking implementation of the project: offline
-example creation (`create_pretraining_data`) and dynamic masking in the
-`tf.data` pipeline (`pipeline`) both call `mask_batch`.
+This module owns masking for the whole project: dynamic masking in the
+`tf.data` pipeline (`pipeline`) calls `mask_batch`, offline example creation
+(`create_pretraining_data`) calls `mask_batch_numpy`, the same function in
+numpy for token-level masking, twice as fast on a CPU core and tested to give
+the same bits (whole-word masking offline uses `mask_batch`). So a record
+masked offline is masked as the pipeline would mask it with the same seed.
 
 Semantics follow google-research/bert `create_masked_lm_predictions`:
 
@@ -41,6 +44,7 @@ multiplies.
 """
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -136,6 +140,17 @@ def _random_bits(keys: tf.Tensor, counters: tf.Tensor) -> tf.Tensor:
   return tf.cast(bits, tf.int64)
 
 
+def _id_runs(members: Sequence[int]) -> list[tuple[int, int]]:
+  """`members` as runs of consecutive ids, `(low, high)` inclusive."""
+  runs = []
+  for member in sorted(set(int(m) for m in members)):
+    if runs and member == runs[-1][1] + 1:
+      runs[-1][1] = member
+    else:
+      runs.append([member, member])
+  return [(low, high) for low, high in runs]
+
+
 def _is_any_of(ids: tf.Tensor, members: Sequence[int]) -> tf.Tensor:
   """Whether each of `ids` is in `members` (a few ids, e.g. the specials).
 
@@ -143,16 +158,10 @@ def _is_any_of(ids: tf.Tensor, members: Sequence[int]) -> tf.Tensor:
   compares cost a fifth of a `gather` from a membership table, which TF's CPU
   kernel does one element at a time.
   """
-  members = sorted(set(int(m) for m in members))
-  runs = []
-  for member in members:
-    if runs and member == runs[-1][1] + 1:
-      runs[-1][1] = member
-    else:
-      runs.append([member, member])
+  runs = _id_runs(members)
   if len(runs) > 8:
-    table = np.zeros(members[-1] + 1, dtype=bool)
-    table[members] = True
+    table = np.zeros(runs[-1][1] + 1, dtype=bool)
+    table[np.asarray(members, np.int64)] = True
     return _lookup(tf.constant(table), ids)
   found = tf.zeros_like(ids, dtype=tf.bool)
   for low, high in runs:
@@ -161,6 +170,20 @@ def _is_any_of(ids: tf.Tensor, members: Sequence[int]) -> tf.Tensor:
     else:
       found |= (ids >= low) & (ids <= high)
   return found
+
+
+@functools.lru_cache(maxsize=8)
+def _replacement_ids(
+  special_ids: tuple[int, ...], replacement_range: tuple[int, int]
+) -> np.ndarray:
+  """The ids a random replacement is drawn from: `[n]` int32."""
+  allowed = np.setdiff1d(
+    np.arange(*replacement_range, dtype=np.int32),
+    np.asarray(special_ids, dtype=np.int32),
+  )
+  if allowed.size == 0:
+    raise ValueError(f'no ordinary id in replacement_range={replacement_range}')
+  return allowed
 
 
 def _lookup(table: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
@@ -345,12 +368,9 @@ def mask_batch(
   max_predictions = config.max_predictions_per_seq
   if config.whole_word_mask and word_start_table is None:
     raise ValueError('whole_word_mask needs a word_start_table')
-  allowed = np.setdiff1d(
-    np.arange(*replacement_range, dtype=np.int32),
-    np.asarray(special_ids, dtype=np.int32),
+  allowed = _replacement_ids(
+    tuple(int(i) for i in special_ids), tuple(replacement_range)
   )
-  if allowed.size == 0:
-    raise ValueError(f'no ordinary id in replacement_range={replacement_range}')
 
   input_ids = tf.cast(input_ids, tf.int32)
   batch = tf.shape(input_ids)[0]
@@ -413,4 +433,129 @@ def mask_batch(
     'masked_lm_positions': positions,
     'masked_lm_ids': tf.where(valid, original, 0),
     'masked_lm_weights': tf.cast(valid, tf.float32),
+  }
+
+
+# ---------------------------------------------------------------------------
+# The same masking in numpy, for offline example creation.
+
+
+def _lowbias32_numpy(x: np.ndarray) -> np.ndarray:
+  """`_lowbias32` on uint32 numpy arrays (wrapping like TF's uint32)."""
+  x = x ^ (x >> np.uint32(16))
+  x = x * np.uint32(0x7FEB352D)
+  x = x ^ (x >> np.uint32(15))
+  x = x * np.uint32(0x846CA68B)
+  return x ^ (x >> np.uint32(16))
+
+
+def _random_bits_numpy(keys: np.ndarray, counters: np.ndarray) -> np.ndarray:
+  """`_random_bits`: `[batch]` uint32 keys, `[n]` counters -> `[batch, n]`
+  int64."""
+  mixed = _lowbias32_numpy(np.asarray(counters).astype(np.uint32))
+  return _lowbias32_numpy(keys[:, None] ^ mixed[None, :]).astype(np.int64)
+
+
+def mask_batch_numpy(
+  input_ids: np.ndarray,
+  input_mask: np.ndarray,
+  seeds: np.ndarray,
+  *,
+  config: MaskingConfig,
+  special_ids: Sequence[int],
+  mask_id: int,
+  replacement_range: tuple[int, int],
+) -> dict[str, np.ndarray]:
+  """`mask_batch` in numpy, for token-level masking.
+
+  The very outputs of `mask_batch`, bit for bit (tested), at about twice its
+  speed on a CPU core: numpy's whole-array ops, cumsum and small sorts are
+  several times faster than TF's single-threaded CPU kernels, which matters
+  offline (`create_pretraining_data` masks every example `dupe_factor`
+  times). The tf.data pipeline uses `mask_batch`. Whole-word masking is
+  `mask_batch` only.
+
+  Args:
+    input_ids: `[batch, seq_len]` int token ids.
+    input_mask: `[batch, seq_len]` int, 1 for real tokens, 0 for padding.
+    seeds: `[batch, 2]` int, one stateless seed per example.
+    config: the masking options; `whole_word_mask` must be off.
+    special_ids: as for `mask_batch`.
+    mask_id: as for `mask_batch`.
+    replacement_range: as for `mask_batch`.
+
+  Returns:
+    The dict of `mask_batch`, as numpy arrays of the same dtypes.
+  """
+  if config.whole_word_mask:
+    raise ValueError('mask_batch_numpy masks tokens; use mask_batch for words')
+  allowed = _replacement_ids(
+    tuple(int(i) for i in special_ids), tuple(replacement_range)
+  )
+  input_ids = np.asarray(input_ids).astype(np.int32)
+  batch, seq_len = input_ids.shape
+  max_predictions = config.max_predictions_per_seq
+  real = np.asarray(input_mask).astype(bool)
+  special = np.zeros(input_ids.shape, bool)
+  for low, high in _id_runs(special_ids):
+    special |= (input_ids >= low) & (input_ids <= high)
+  candidates = real & ~special
+
+  seeds = np.asarray(seeds).astype(np.int64)
+  keys = np.full(batch, 0x9E3779B9, np.uint32)
+  for i in range(2):
+    for word in (seeds[:, i], seeds[:, i] >> 32):
+      keys = _lowbias32_numpy(keys ^ word.astype(np.uint32))
+  num_tokens = real.sum(axis=1).astype(np.float64)
+  num_to_predict = np.round(num_tokens * config.masked_lm_prob).astype(np.int32)
+  num_to_predict = np.clip(num_to_predict, 1, max_predictions)
+
+  # _choose_tokens: Floyd's algorithm over the candidates' ranks.
+  total = candidates.sum(axis=1, dtype=np.int32)
+  k = np.minimum(num_to_predict, total)
+  bits = np.ascontiguousarray(
+    _random_bits_numpy(keys, np.arange(max_predictions)).T
+  )
+  ranks = np.empty((max_predictions, batch), np.int32)
+  for j in range(max_predictions):
+    top = np.maximum(total - k + j, 0)
+    draw = ((bits[j] * (top + 1).astype(np.int64)) >> 32).astype(np.int32)
+    if j:
+      draw = np.where((ranks[:j] == draw).any(axis=0), top, draw)
+    ranks[j] = draw
+  valid = np.arange(max_predictions) < k[:, None]
+  ranks = np.sort(np.where(valid, ranks.T, seq_len), axis=1)
+  # Rank r of row b is the (start of row b's candidates + r)-th candidate
+  # in row-major order; the valid slots sort first.
+  # (A spare 0 at the end keeps the index valid when no row has any.)
+  where = np.append(np.flatnonzero(candidates), 0)
+  row_start = np.cumsum(total) - total
+  index = np.where(valid, row_start[:, None] + ranks, 0)
+  rows = np.arange(batch)[:, None]
+  positions = np.where(valid, where[index] - rows * seq_len, 0)
+  positions = positions.astype(np.int32)
+  original = np.take_along_axis(input_ids, positions, axis=1)
+
+  slots = np.arange(max_predictions)
+  decision = _random_bits_numpy(keys, _DECISION_STREAM + slots)
+  token_bits = _random_bits_numpy(keys, _TOKEN_STREAM + slots)
+  mask_below = round(config.mask_token_prob * 2**32)
+  random_below = round(
+    (config.mask_token_prob + config.random_token_prob) * 2**32
+  )
+  random_ids = allowed[(token_bits * allowed.size) >> 32]
+  replaced = np.where(
+    decision < mask_below,
+    mask_id,
+    np.where(decision < random_below, random_ids, original),
+  )
+  # Padded slots write into one spare element past the end.
+  flat = np.empty(batch * seq_len + 1, np.int32)
+  flat[:-1] = input_ids.reshape(-1)
+  flat[np.where(valid, rows * seq_len + positions, batch * seq_len)] = replaced
+  return {
+    'input_ids': flat[:-1].reshape(batch, seq_len),
+    'masked_lm_positions': positions,
+    'masked_lm_ids': np.where(valid, original, 0).astype(np.int32),
+    'masked_lm_weights': valid.astype(np.float32),
   }

@@ -244,6 +244,80 @@ class TruncationTest:
           assert cpd.compute_truncation(
             len_a, len_b, max_num_tokens
           ) == original(len_a, len_b, max_num_tokens)
+    # Whole arrays at once, as pair creation calls it.
+    len_a, len_b = np.meshgrid(np.arange(1, 25), np.arange(1, 25))
+    cut_a, cut_b = cpd.compute_truncation(len_a.ravel(), len_b.ravel(), 30)
+    expected = [
+      original(a, b, 30) for a, b in zip(len_a.ravel(), len_b.ravel())
+    ]
+    assert list(zip(cut_a.tolist(), cut_b.tolist())) == expected
+
+
+class DocumentPairsTest:
+  """create_document_pairs on made-up sentence lengths, example by example."""
+
+  @staticmethod
+  def _bounds(rng, num_docs):
+    bounds, offset = [], 0
+    for _ in range(num_docs):
+      lengths = rng.integers(1, 40, rng.integers(1, 30))
+      bounds.append([offset] + (offset + np.cumsum(lengths)).tolist())
+      offset = bounds[-1][-1] + 1  # the [SEP] between documents
+    return bounds
+
+  def test_ranges_labels_and_lengths(self):
+    rng = np.random.default_rng(0)
+    bounds = self._bounds(rng, 60)
+    doc_of = np.full(bounds[-1][-1] + 1, -1)
+    for d, edges in enumerate(bounds):
+      doc_of[edges[0] : edges[-1]] = d
+    config = _config()
+    pairs = cpd.PairBuilder()
+    dropped = cpd.create_document_pairs(bounds, config, rng, 3, pairs)
+    assert dropped == 0 and len(pairs) > 500
+    a0, a1 = pairs.a_start, pairs.a_start + pairs.a_len
+    b0, b1 = pairs.b_start, pairs.b_start + pairs.b_len
+    assert (pairs.a_len >= 1).all() and (pairs.b_len >= 1).all()
+    assert (pairs.a_len + pairs.b_len <= config.max_seq_length - 3).all()
+    # Each segment lies within one document.
+    assert (doc_of[a0] == doc_of[a1 - 1]).all() and (doc_of[a0] >= 0).all()
+    assert (doc_of[b0] == doc_of[b1 - 1]).all() and (doc_of[b0] >= 0).all()
+    same_doc = doc_of[a0] == doc_of[b0]
+    random_next = pairs.labels == 1
+    # IsNext: B follows A in its document; random: B from another one.
+    assert (same_doc & (b0 >= a1))[~random_next].all()
+    assert (~same_doc)[random_next].all()
+    assert 0.45 < random_next.mean() < 0.55
+    # Untruncated true continuations start right where A ends.
+    fits = pairs.a_len + pairs.b_len < config.max_seq_length - 3
+    assert (b0 == a1)[fits & ~random_next].all()
+
+  def test_copies_are_independent_walks(self):
+    bounds = self._bounds(np.random.default_rng(1), 40)
+    once, thrice = cpd.PairBuilder(), cpd.PairBuilder()
+    cpd.create_document_pairs(
+      bounds, _config(), np.random.default_rng(2), 1, once
+    )
+    cpd.create_document_pairs(
+      bounds, _config(), np.random.default_rng(2), 3, thrice
+    )
+    assert len(thrice) == pytest.approx(3 * len(once), rel=0.1)
+    ranges = set(zip(thrice.a_start.tolist(), thrice.a_len.tolist()))
+    assert len(ranges) > 1.5 * len(once)  # not three copies of one walk
+
+  def test_one_document_has_no_random_next(self):
+    (edges,) = self._bounds(np.random.default_rng(3), 1)
+    pairs = cpd.PairBuilder()
+    dropped = cpd.create_document_pairs(
+      [edges + [edges[-1] + 5]], _config(), np.random.default_rng(4), 2, pairs
+    )
+    assert len(pairs) > 0 and (pairs.labels == 0).all() and dropped == 0
+    # A single sentence: no continuation and no other document.
+    lone = cpd.PairBuilder()
+    dropped = cpd.create_document_pairs(
+      [[0, 9]], _config(), np.random.default_rng(4), 3, lone
+    )
+    assert len(lone) == 0 and dropped == 3
 
 
 class PairsTest:
@@ -330,10 +404,9 @@ class PairsTest:
     ours, original = [], []
     for seed in range(8):
       pairs = cpd.PairBuilder()
-      rng = random.Random(seed)
-      for doc_index in range(len(bounds)):
-        cpd.create_document_pairs(bounds, doc_index, _config(), rng, pairs)
-      ours += zip(np.add(pairs.a_len, pairs.b_len) + 3, pairs.labels)
+      rng = np.random.default_rng(seed)
+      cpd.create_document_pairs(bounds, _config(), rng, 1, pairs)
+      ours += zip(pairs.a_len + pairs.b_len + 3, pairs.labels)
       original += _original_lengths_and_labels(docs, random.Random(seed))
     ours, original = np.array(ours), np.array(original)
     assert len(ours) == pytest.approx(len(original), rel=0.03)

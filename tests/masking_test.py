@@ -310,6 +310,92 @@ class MaskBatchTest:
       np.testing.assert_array_equal(eager[name], graph[name])
 
 
+class MaskBatchNumpyTest:
+  """The numpy twin gives the very bits of the TF implementation."""
+
+  @pytest.mark.parametrize(
+    'options',
+    [
+      {},
+      # The cap binds, and other replacement probabilities.
+      dict(
+        masked_lm_prob=0.3,
+        max_predictions_per_seq=8,
+        mask_token_prob=0.5,
+        random_token_prob=0.3,
+        keep_token_prob=0.2,
+      ),
+      dict(max_predictions_per_seq=40),  # more slots than predictions
+    ],
+  )
+  def test_equals_mask_batch(self, examples, tokenizer, options):
+    input_ids, input_mask = examples
+    input_ids, input_mask = input_ids[:3000], input_mask[:3000]
+    seeds = np.stack(
+      [np.full(len(input_ids), 2**40 + 3), np.arange(len(input_ids)) - 7],
+      axis=1,
+    )
+    kwargs = dict(
+      config=masking.MaskingConfig(**options),
+      special_ids=tokenizer.special_ids.tolist(),
+      mask_id=tokenizer.mask_id,
+      replacement_range=tokenizer.replacement_range,
+    )
+    ours = masking.mask_batch_numpy(input_ids, input_mask, seeds, **kwargs)
+    theirs = masking.mask_batch(input_ids, input_mask, seeds, **kwargs)
+    for name, value in theirs.items():
+      assert ours[name].dtype == value.dtype, name
+      np.testing.assert_array_equal(ours[name], value.numpy(), err_msg=name)
+
+  def test_short_empty_and_special_only_rows(self, tokenizer):
+    cls, sep, mask = tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id
+    word = tokenizer.encode('hello')[0]
+    input_ids = np.array(
+      [
+        [word, word, sep, 0, 0, 0],  # a candidate at position 0
+        [0] * 6,
+        [cls, sep, sep, 0, 0, 0],
+        [cls, mask, word, word, word, sep],
+      ],
+      np.int32,
+    )
+    input_mask = (input_ids != 0).astype(np.int32)
+    kwargs = dict(
+      config=masking.MaskingConfig(
+        masked_lm_prob=0.5,
+        mask_token_prob=1.0,
+        random_token_prob=0.0,
+        keep_token_prob=0.0,
+      ),
+      special_ids=tokenizer.special_ids.tolist(),
+      mask_id=tokenizer.mask_id,
+      replacement_range=tokenizer.replacement_range,
+    )
+    seeds = np.stack([np.zeros(4), np.arange(4)], axis=1).astype(np.int64)
+    for batch in (slice(None), slice(1, 3)):  # also: no candidate at all
+      ours = masking.mask_batch_numpy(
+        input_ids[batch], input_mask[batch], seeds[batch], **kwargs
+      )
+      theirs = masking.mask_batch(
+        input_ids[batch], input_mask[batch], seeds[batch], **kwargs
+      )
+      for name, value in theirs.items():
+        np.testing.assert_array_equal(ours[name], value.numpy(), err_msg=name)
+    np.testing.assert_array_equal(ours['masked_lm_weights'].sum(1), [0, 0])
+
+  def test_whole_words_are_not_its_job(self):
+    with pytest.raises(ValueError, match='mask_batch for words'):
+      masking.mask_batch_numpy(
+        np.zeros([1, 4], np.int32),
+        np.ones([1, 4], np.int32),
+        np.zeros([1, 2], np.int64),
+        config=masking.MaskingConfig(whole_word_mask=True),
+        special_ids=[0],
+        mask_id=1,
+        replacement_range=(0, 10),
+      )
+
+
 class MaskingConfigTest:
   def test_rejects_bad_options(self):
     with pytest.raises(ValueError, match='sum to 1'):

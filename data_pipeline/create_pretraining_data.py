@@ -770,14 +770,21 @@ class Worker:
     stats.continuation_possible = int(possible.sum())
     stats.random_next_where_possible = int((labels & possible).sum())
     stats.example_tokens = int(features['input_mask'].sum())
-    if self._mask is not None:
-      features.update(self._mask_features(unit, features))
-      stats.masked_positions = int(features['masked_lm_weights'].sum())
+    seeds = self._mask_seeds(unit, n) if self._mask is not None else None
     streams, ends, offset = [], [np.zeros(0, np.int64)], 0
+    # Batch by batch, masked and serialized while the batch is in cache.
     for start in range(0, n, _MASK_BATCH):
-      stream, stream_ends = example_bytes.tfrecord_stream(
-        {k: v[start : start + _MASK_BATCH] for k, v in features.items()}
-      )
+      batch = {k: v[start : start + _MASK_BATCH] for k, v in features.items()}
+      if seeds is not None:
+        batch.update(
+          self._mask(
+            batch['input_ids'],
+            batch['input_mask'],
+            seeds[start : start + _MASK_BATCH],
+          )
+        )
+        stats.masked_positions += int(batch['masked_lm_weights'].sum())
+      stream, stream_ends = example_bytes.tfrecord_stream(batch)
       streams.append(stream)
       ends.append(stream_ends + offset)
       offset += len(stream)
@@ -787,28 +794,17 @@ class Worker:
       unit.split, unit.index, b''.join(streams), np.concatenate(ends), stats
     )
 
-  def _mask_features(self, unit, features) -> dict[str, np.ndarray]:
-    n = features['input_ids'].shape[0]
+  def _mask_seeds(self, unit: Unit, n: int) -> np.ndarray:
+    """One stateless seed per example: (random_seed, split|unit|ordinal),
+    `[n, 2]` int64."""
     if n >= 1 << _EXAMPLE_BITS or unit.index >= 1 << _UNIT_BITS:
       raise ValueError(f'unit {unit.index} with {n} examples is too large')
-    # One stateless seed per example: (random_seed, split|unit|ordinal).
     ordinal = (
       (SPLITS.index(unit.split) << (_UNIT_BITS + _EXAMPLE_BITS))
       | (unit.index << _EXAMPLE_BITS)
       | np.arange(n, dtype=np.int64)
     )
-    seeds = np.stack([np.full(n, self.config.random_seed), ordinal], axis=1)
-    out = collections.defaultdict(list)
-    for start in range(0, n, _MASK_BATCH):
-      part = slice(start, start + _MASK_BATCH)
-      masked = self._mask(
-        features['input_ids'][part],
-        features['input_mask'][part],
-        seeds[part],
-      )
-      for key, value in masked.items():
-        out[key].append(value)
-    return {key: np.concatenate(value) for key, value in out.items()}
+    return np.stack([np.full(n, self.config.random_seed), ordinal], axis=1)
 
 
 # Each worker process builds its `Worker` once, in the pool initializer; a

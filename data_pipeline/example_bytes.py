@@ -78,23 +78,22 @@ class _Block:
       distinct, inverse = values[:1], np.zeros(len(values), np.intp)
     else:
       distinct, inverse = np.unique(values, return_inverse=True)
-    rows = [make(int(v)) for v in distinct]
-    width = max(len(r) for r in rows)
-    data = np.zeros((len(rows), width), np.uint8)
-    valid = np.zeros((len(rows), width), bool)
-    for i, row in enumerate(rows):
-      data[i, : len(row)] = np.frombuffer(row, np.uint8)
-      valid[i, : len(row)] = True
+    rows = [make(v) for v in distinct.tolist()]
     lengths = np.array([len(r) for r in rows], np.int64)
-    if len(rows) == 1:
-      batch = len(values)
-      return cls(np.broadcast_to(data, (batch, width)), None, lengths[inverse])
-    # Rows of one length (e.g. all lengths with 2-byte varints) need no
-    # compaction later.
-    same = lengths.min() == lengths.max()
-    return cls(
-      data[inverse], None if same else valid[inverse], lengths[inverse]
-    )
+    if lengths.min() == lengths.max():
+      # One length (e.g. all with 2-byte varints): no compaction needed.
+      data = np.frombuffer(b''.join(rows), np.uint8).reshape(len(rows), -1)
+      if len(rows) == 1:
+        batch = len(values)
+        return cls(
+          np.broadcast_to(data, (batch, data.shape[1])), None, lengths[inverse]
+        )
+      return cls(data[inverse], None, lengths[inverse])
+    width = lengths.max()
+    data = np.zeros((len(rows), width), np.uint8)
+    valid = np.arange(width) < lengths[:, None]
+    data[valid] = np.frombuffer(b''.join(rows), np.uint8)
+    return cls(data[inverse], valid[inverse], lengths[inverse])
 
 
 def _varints(values: np.ndarray) -> _Block:

@@ -43,7 +43,8 @@ def mask_crcs(crcs: np.ndarray) -> np.ndarray:
 
 def masked_crc(data: bytes) -> int:
   """The masked CRC-32C of `data`, as a TFRecord header or footer holds it."""
-  return int(mask_crcs(np.array([google_crc32c.value(data)]))[0])
+  crc = google_crc32c.value(data)
+  return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
 
 def record_header(length: int) -> bytes:

@@ -193,11 +193,14 @@ class PairBuilder:
     self._parts: list[np.ndarray] = []  # [6, n] int64 arrays, in order
     self._rows: list[tuple[int, ...]] = []  # from `add`, not yet in _parts
 
-  def _columns(self) -> np.ndarray:
-    """All examples as `[6, n]` int64, fields in `_FIELDS` order."""
+  def _flush_rows(self) -> None:
     if self._rows:
       self._parts.append(np.array(self._rows, np.int64).reshape(-1, 6).T)
       self._rows = []
+
+  def _columns(self) -> np.ndarray:
+    """All examples as `[6, n]` int64, fields in `_FIELDS` order."""
+    self._flush_rows()
     if len(self._parts) != 1:
       self._parts = [
         np.concatenate(self._parts or [np.zeros((6, 0), np.int64)], 1)
@@ -241,7 +244,7 @@ class PairBuilder:
 
   def extend(self, a_start, a_len, b_start, b_len, labels, possible) -> None:
     """Adds many examples: `[n]` arrays of the arguments of `add`."""
-    self._columns()  # keeps the order of earlier `add`s
+    self._flush_rows()  # keeps the order of earlier `add`s
     self._parts.append(
       np.stack([a_start, a_len, b_start, b_len, labels, possible]).astype(
         np.int64

@@ -99,10 +99,16 @@ class _Block:
 def _varints(values: np.ndarray) -> _Block:
   """Protobuf varints of `[batch, n]` non-negative integers."""
   batch, n = values.shape
-  width = max(1, (int(values.max(initial=0)).bit_length() + 6) // 7)
+  largest = int(values.max(initial=0))
+  width = max(1, (largest.bit_length() + 6) // 7)
   if width == 1:
     return _Block(values.astype(np.uint8), None, np.full(batch, n, np.int64))
-  values = values.astype(np.uint32 if width <= 4 else np.uint64)
+  # The narrowest type that holds the values: numpy's passes over uint16
+  # (token ids of vocabularies up to 64K) take half the time of uint32.
+  if largest < 1 << 16:
+    values = values.astype(np.uint16)
+  else:
+    values = values.astype(np.uint32 if width <= 4 else np.uint64)
   one = values.dtype.type(1)
   data = np.empty((batch, n, width), np.uint8)
   valid = np.empty((batch, n, width), bool)

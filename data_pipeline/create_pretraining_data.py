@@ -26,11 +26,13 @@ shards (a contiguous run of the unit per shard), then `stats.json`. At most
 corpus (measured: the same peak for 12.5 MB and 50 MB of text).
 
 Determinism. Units depend on the input and `unit_chars` only, and every
-random choice is drawn from (random_seed, split, unit, dupe) or, for masks,
-from (random_seed, split, unit, example), never from a worker; records are
-serialized deterministically (protobuf map order otherwise varies between
-runs). So a seed gives the same bytes whatever `num_workers` is (another
-`unit_chars` gives other, equally valid, examples).
+random choice is drawn from (random_seed, split, unit) (NSP pairs of all
+dupe copies at once), (random_seed, split, unit, dupe) (`--no_nsp`
+sequences) or, for masks, (random_seed, split, unit, example), never from a
+worker; records are serialized deterministically (protobuf map order
+otherwise varies between runs). So a seed gives the same bytes whatever
+`num_workers` is (another `unit_chars` gives other, equally valid,
+examples).
 
 Differences from the original, all deliberate:
 
@@ -46,7 +48,8 @@ Differences from the original, all deliberate:
   documents. The stats report the random fraction overall and among the
   examples where a continuation was possible.
 - `truncate_seq_pair` removes the same number of tokens from each side as
-  the original and draws front/back per removed token, in closed form.
+  the original, and as many from the front as fair coin flips per removed
+  token give (one binomial draw).
 - The random replacement token never is `[PAD]`, `[CLS]`, `[SEP]`, ... (see
   `data_pipeline.masking`).
 - `--no_nsp` packs whole sentences RoBERTa-style (FULL-SENTENCES: sequences

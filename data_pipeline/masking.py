@@ -172,6 +172,16 @@ def _is_any_of(ids: tf.Tensor, members: Sequence[int]) -> tf.Tensor:
   return found
 
 
+def _decision_thresholds(config: MaskingConfig) -> tuple[int, int]:
+  """32 random bits below the first become `[MASK]`, below the second a
+  random token, the rest stay unchanged."""
+  mask_below = round(config.mask_token_prob * 2**32)
+  random_below = round(
+    (config.mask_token_prob + config.random_token_prob) * 2**32
+  )
+  return mask_below, random_below
+
+
 @functools.lru_cache(maxsize=8)
 def _replacement_ids(
   special_ids: tuple[int, ...], replacement_range: tuple[int, int]
@@ -408,10 +418,7 @@ def mask_batch(
   slots = tf.range(max_predictions)
   decision = _random_bits(keys, _DECISION_STREAM + slots)
   token_bits = _random_bits(keys, _TOKEN_STREAM + slots)
-  mask_below = round(config.mask_token_prob * 2**32)
-  random_below = round(
-    (config.mask_token_prob + config.random_token_prob) * 2**32
-  )
+  mask_below, random_below = _decision_thresholds(config)
   # Multiply-shift maps 32 uniform bits onto [0, allowed.size) without the
   # bias of a modulo (the product stays below 2**63).
   random_ids = tf.gather(
@@ -539,10 +546,7 @@ def mask_batch_numpy(
   slots = np.arange(max_predictions)
   decision = _random_bits_numpy(keys, _DECISION_STREAM + slots)
   token_bits = _random_bits_numpy(keys, _TOKEN_STREAM + slots)
-  mask_below = round(config.mask_token_prob * 2**32)
-  random_below = round(
-    (config.mask_token_prob + config.random_token_prob) * 2**32
-  )
+  mask_below, random_below = _decision_thresholds(config)
   random_ids = allowed[(token_bits * allowed.size) >> 32]
   replaced = np.where(
     decision < mask_below,

@@ -17,8 +17,8 @@ and groups a split's consecutive documents into *units* of about
 worker) turn each unit into records: tokenize in-graph (the tokenizer's
 `create_tf_tokenize_fn`, about 10x the Python tokenizer's throughput here),
 build pairs `dupe_factor` times as token ranges, shuffle within the unit,
-mask (`data_pipeline.masking`, the one masking implementation of the
-project) and serialize straight into TFRecord file bytes
+mask (`data_pipeline.masking.mask_batch_numpy`, bit for bit the masking of
+the tf.data pipeline) and serialize straight into TFRecord file bytes
 (`data_pipeline.example_bytes`, `data_pipeline.tfrecord`). The main process
 writes each unit's records, in unit order, spread evenly over the split's
 shards (a contiguous run of the unit per shard), then `stats.json`. At most

@@ -322,4 +322,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(cli.run(main))
+  app.run(cli.run(main), flags_parser=cli.parse_flags)

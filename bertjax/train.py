@@ -10,7 +10,6 @@ process. Flags only: the loop lives in `bertjax.trainer`.
 """
 
 import os
-import platform
 import sys
 
 from absl import app, flags, logging
@@ -115,9 +114,7 @@ def _parse_flags(argv):
         )
         sys.exit(2)
   try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    raise app.UsageError(str(e)) from None
+    return cli.parse_flags(argv)
   except (AttributeError, KeyError, ValueError, TypeError) as e:
     message = ' '.join(str(e).replace('\\n', ' ').split()).strip('\'"')
     message = message.replace("\\'", "'")
@@ -125,36 +122,8 @@ def _parse_flags(argv):
     sys.exit(2)
 
 
-# glibc's malloc serves every buffer over 32 MB (on CPU, a step's vocabulary
-# logits and their gradients: 78 MB each for the tiny demo) with a fresh
-# mmap that the kernel fills one 4 KB page fault at a time, ~100,000 faults
-# per step. Transparent huge pages for malloc, a glibc (>= 2.35) tunable
-# read only at process start, cut them 17x and train the CPU demo ~25%
-# faster (BENCHMARKS.md). So the command restarts itself once with the
-# tunable set, before anything heavy is imported; accelerators do not care
-# and older glibc ignores it. BERTJAX_MALLOC_HUGETLB=0 opts out.
-_HUGETLB_TUNABLE = 'glibc.malloc.hugetlb'
-
-
-def _restart_with_malloc_huge_pages() -> None:
-  """Re-executes this process with `GLIBC_TUNABLES` adding huge pages."""
-  if sys.platform != 'linux' or platform.libc_ver()[0] != 'glibc':
-    return
-  if os.environ.get('BERTJAX_MALLOC_HUGETLB', '1') == '0':
-    return
-  tunables = os.environ.get('GLIBC_TUNABLES', '')
-  if _HUGETLB_TUNABLE in tunables:
-    return  # Set by the user, or by the restart itself.
-  env = dict(os.environ)
-  env['GLIBC_TUNABLES'] = ':'.join(
-    filter(None, [tunables, f'{_HUGETLB_TUNABLE}=1'])
-  )
-  # The same interpreter, options and arguments; the process keeps its pid.
-  os.execve(sys.executable, sys.orig_argv, env)
-
-
 if __name__ == '__main__':
-  _restart_with_malloc_huge_pages()
+  cli.restart_with_malloc_huge_pages()
   # The run's progress lines are INFO: show them by default.
   flags.FLAGS.set_default('verbosity', logging.INFO)
   app.run(cli.run(main), flags_parser=_parse_flags)

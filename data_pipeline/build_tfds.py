@@ -211,4 +211,4 @@ if __name__ == '__main__':
       raise cli.UserError(str(e)) from e
     build(builder)
 
-  app.run(cli.run(_main))
+  app.run(cli.run(_main), flags_parser=cli.parse_flags)

@@ -912,4 +912,4 @@ if __name__ == '__main__':
     except CorpusError as e:
       raise cli.UserError(str(e)) from e
 
-  app.run(cli.run(_main))
+  app.run(cli.run(_main), flags_parser=cli.parse_flags)

@@ -367,4 +367,4 @@ if __name__ == '__main__':
     except (TrainingError, tokenizers.VocabError) as e:
       raise cli.UserError(str(e)) from e
 
-  app.run(cli.run(_main))
+  app.run(cli.run(_main), flags_parser=cli.parse_flags)

@@ -730,7 +730,12 @@ class BadInputTest:
 class CliErrorTest:
   @pytest.mark.parametrize(
     'case, message',
-    [('missing_input', 'no input file matches'), ('bad_vocab', 'cannot load')],
+    [
+      ('missing_input', 'no input file matches'),
+      ('bad_vocab', 'cannot load'),
+      # absl's parser fails before main runs: cli.parse_flags.
+      ('misspelt_flag', "flag 'dupe_facter'. Did you mean: dupe_factor"),
+    ],
   )
   def test_exit_2_with_one_line(self, tmp_path, vocab, case, message):
     (tmp_path / 'in.txt').write_text('Some text.\nMore text.\n')
@@ -743,6 +748,11 @@ class CliErrorTest:
       'bad_vocab': [
         f'--input_files={tmp_path}/in.txt',
         f'--tokenizer={tmp_path}/vocab.txt',
+      ],
+      'misspelt_flag': [
+        f'--input_files={tmp_path}/in.txt',
+        f'--tokenizer={vocab}',
+        '--dupe_facter=3',
       ],
     }
     result = subprocess.run(

@@ -472,11 +472,11 @@ class ProcessTest:
 
 _RESTART_PROBE = """
 import json, os, sys
-from bertjax import train
+from bertjax import cli
 os.execve = lambda exe, argv, env: print(
   json.dumps([exe == sys.executable, argv == sys.orig_argv,
               env.get('GLIBC_TUNABLES')]))
-train._restart_with_malloc_huge_pages()
+cli.restart_with_malloc_huge_pages()
 """
 
 

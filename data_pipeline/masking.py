@@ -499,7 +499,7 @@ def mask_batch_numpy(
   allowed = _replacement_ids(
     tuple(int(i) for i in special_ids), tuple(replacement_range)
   )
-  input_ids = np.asarray(input_ids).astype(np.int32)
+  input_ids = np.asarray(input_ids).astype(np.int32, copy=False)  # read only
   batch, seq_len = input_ids.shape
   max_predictions = config.max_predictions_per_seq
   real = np.asarray(input_mask).astype(bool)
@@ -513,12 +513,12 @@ def mask_batch_numpy(
   for i in range(2):
     for word in (seeds[:, i], seeds[:, i] >> 32):
       keys = _lowbias32_numpy(keys ^ word.astype(np.uint32))
-  num_tokens = real.sum(axis=1).astype(np.float64)
+  num_tokens = np.count_nonzero(real, axis=1).astype(np.float64)
   num_to_predict = np.round(num_tokens * config.masked_lm_prob).astype(np.int32)
   num_to_predict = np.clip(num_to_predict, 1, max_predictions)
 
   # _choose_tokens: Floyd's algorithm over the candidates' ranks.
-  total = candidates.sum(axis=1, dtype=np.int32)
+  total = np.count_nonzero(candidates, axis=1).astype(np.int32)
   k = np.minimum(num_to_predict, total)
   bits = np.ascontiguousarray(
     _random_bits_numpy(keys, np.arange(max_predictions)).T

@@ -189,6 +189,7 @@ _BOUNDARY_RE = re.compile(
   r'[.!?' + _CJK_END + r'][.!?' + _CJK_END + r'”’"\')\]」』）》〕】]*(\s*)'
 )
 _CLOSERS = '”’"\')]」』）》〕】'
+_STRIPPED_AFTER_PUNCT = _CLOSERS + ' \t\n'
 _LAST_WORD_RE = re.compile(r'[^\W\d_]+(?:\.[^\W\d_]+)*$')
 # `U.S`, `e.g`, `p.m` (before their final period), or one capital: `J`.
 _INITIALS_RE = re.compile(r'^(?:(?:[^\W\d_]\.)+[^\W\d_]|[^\W\d_a-z])$')
@@ -202,6 +203,14 @@ def _is_cjk(char: str) -> bool:
 def _is_abbreviation(text: str, period: int) -> bool:
   """Whether the period at `text[period]` ends an abbreviation or initial."""
   start = text.rfind(' ', 0, period) + 1
+  word = text[start:period]
+  if word.isalpha():
+    # Most words: all letters since the space, no regex needed. A single
+    # capital is an initial (a lower-case letter ends sentences like
+    # `plan b.`), as _INITIALS_RE below says for words without periods.
+    return word.lower() in _ABBREVIATIONS or (
+      len(word) == 1 and not 'a' <= word <= 'z'
+    )
   # The letters (and inner periods) just before the period: `Sen` in
   # `choice,"?Sen.` (the news corpus glues words to broken quotes).
   match = _LAST_WORD_RE.search(text, start, period)
@@ -217,7 +226,7 @@ def _is_abbreviation(text: str, period: int) -> bool:
 
 def _is_boundary(text: str, match: re.Match) -> bool:
   """Whether a candidate from `_BOUNDARY_RE` really ends a sentence."""
-  punct = match.group(0)
+  punct, spaces = match.group(0, 1)
   end = match.end()
   following = text[end : end + 1]
   if not punct.isascii() and any(c in _CJK_END for c in punct):
@@ -226,11 +235,11 @@ def _is_boundary(text: str, match: re.Match) -> bool:
     return True
   # Latin punctuation ends a sentence only before space or a CJK character:
   # `3.14`, `U.S.-based`, `Yahoo!Mail` stay whole.
-  if not match.group(1) and not _is_cjk(following):
+  if not spaces and not _is_cjk(following):
     return False
   if following.islower():
     return False
-  if punct.rstrip(_CLOSERS + ' \t\n') == '.':
+  if punct.rstrip(_STRIPPED_AFTER_PUNCT) == '.':
     return not _is_abbreviation(text, match.start())
   return True
 
@@ -254,10 +263,11 @@ def split_sentences(text: str) -> list[str]:
   for match in _BOUNDARY_RE.finditer(text):
     if not _is_boundary(text, match):
       continue
-    sentence = text[start : match.end()].strip()
+    end = match.end()
+    sentence = text[start:end].strip()
     if sentence:
       sentences.append(sentence)
-    start = match.end()
+    start = end
   tail = text[start:].strip()
   if tail:
     sentences.append(tail)

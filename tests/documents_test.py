@@ -67,6 +67,20 @@ class SplitSentencesTest:
           '后来晴了。',
         ],
       ),
+      (
+        # Initials: one capital (any script); one lower-case letter, a glued
+        # word or an abbreviation list entry in another case.
+        'By É. Zola and X. Li. Plan b. It failed. A ST. Louis fan. '
+        'Said,"Sen. Kennedy. Ok.',
+        [
+          'By É. Zola and X. Li.',
+          'Plan b.',
+          'It failed.',
+          'A ST. Louis fan.',
+          'Said,"Sen. Kennedy.',
+          'Ok.',
+        ],
+      ),
       ('  ', []),
       ('no end punctuation', ['no end punctuation']),
     ],

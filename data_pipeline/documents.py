@@ -394,6 +394,16 @@ class _DocumentBuilder:
 
   def add(self, sentences: Iterable[str], where: str) -> list[_Located]:
     """Adds sentences; returns the documents completed by a cut, if any."""
+    sentences = list(sentences)
+    chars = sum(map(len, sentences))
+    if sentences and self._chars + chars <= self._max_chars:
+      # No cut: all at once (a Python step per sentence cost ~3% of
+      # offline example creation).
+      if not self._sentences:
+        self._where = where
+      self._sentences.extend(sentences)
+      self._chars += chars
+      return []
     done = []
     for sentence in sentences:
       if self._sentences and self._chars + len(sentence) > self._max_chars:

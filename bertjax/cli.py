@@ -81,7 +81,7 @@ def run(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
 # ~100,000 faults per training step, ~4 us each on the dev machine's VM.
 # Transparent huge pages for malloc, a glibc (>= 2.35) tunable read only at
 # process start, cut them 17x: the CPU demo trains ~25% faster, offline
-# example creation runs ~20% faster (BENCHMARKS.md). So such a command
+# example creation at dupe_factor=10 5-9% (BENCHMARKS.md). So such a command
 # restarts itself once with the tunable set, before anything heavy is
 # imported; worker processes it spawns inherit it. Accelerators do not
 # care, and older glibc ignores it. BERTJAX_MALLOC_HUGETLB=0 opts out.

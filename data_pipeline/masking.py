@@ -503,10 +503,11 @@ def mask_batch_numpy(
   batch, seq_len = input_ids.shape
   max_predictions = config.max_predictions_per_seq
   real = np.asarray(input_mask).astype(bool)
-  special = np.zeros(input_ids.shape, bool)
+  candidates = real.copy()
   for low, high in _id_runs(special_ids):
-    special |= (input_ids >= low) & (input_ids <= high)
-  candidates = real & ~special
+    # low <= id <= high as one unsigned compare (ids below low wrap high).
+    offset = (input_ids - low if low else input_ids).view(np.uint32)
+    candidates &= offset > np.uint32(high - low)
 
   seeds = np.asarray(seeds).astype(np.int64)
   keys = np.full(batch, 0x9E3779B9, np.uint32)

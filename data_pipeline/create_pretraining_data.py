@@ -682,7 +682,7 @@ class Worker:
         @tf.function(
           input_signature=[
             tf.TensorSpec([None, length], tf.int32),
-            tf.TensorSpec([None, length], tf.int32),
+            tf.TensorSpec([None, length], tf.uint8),  # as `arrays` gives
             tf.TensorSpec([None, 2], tf.int64),
           ],
           autograph=False,
@@ -698,7 +698,7 @@ class Worker:
           )
 
         def mask(input_ids, input_mask, seeds):
-          masked = mask_words(input_ids, input_mask.astype(np.int32), seeds)
+          masked = mask_words(input_ids, input_mask, seeds)
           return {key: value.numpy() for key, value in masked.items()}
 
         self._mask = mask

@@ -204,19 +204,14 @@ def _is_abbreviation(text: str, period: int) -> bool:
   """Whether the period at `text[period]` ends an abbreviation or initial."""
   start = text.rfind(' ', 0, period) + 1
   word = text[start:period]
-  if word.isalpha():
-    # Most words: all letters since the space, no regex needed. A single
-    # capital is an initial (a lower-case letter ends sentences like
-    # `plan b.`), as _INITIALS_RE below says for words without periods.
-    return word.lower() in _ABBREVIATIONS or (
-      len(word) == 1 and not 'a' <= word <= 'z'
-    )
   # The letters (and inner periods) just before the period: `Sen` in
-  # `choice,"?Sen.` (the news corpus glues words to broken quotes).
-  match = _LAST_WORD_RE.search(text, start, period)
-  if not match:
-    return False
-  word = match.group(0)
+  # `choice,"?Sen.` (the news corpus glues words to broken quotes). Most
+  # words are letters only since the space, which needs no regex.
+  if not word.isalpha():
+    match = _LAST_WORD_RE.search(text, start, period)
+    if not match:
+      return False
+    word = match.group(0)
   if word.lower() in _ABBREVIATIONS:
     return True
   # `J.`, `U.S.`, `e.g.`: single letters separated by periods, or a single

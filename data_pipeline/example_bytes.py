@@ -78,9 +78,7 @@ class _Block:
     """`make(value)` bytes for each of `values [batch]`, built once per
     distinct value."""
     low, high = int(values.min()), int(values.max())
-    if low == high:  # e.g. the header of a dense feature
-      distinct, inverse = values[:1], np.zeros(len(values), np.intp)
-    elif high - low <= 4 * len(values):
+    if high - low <= 4 * len(values):
       # Lengths in a narrow range: a counting pass, not np.unique's sort.
       present = np.bincount(values - low, minlength=high - low + 1) > 0
       distinct = np.flatnonzero(present) + low

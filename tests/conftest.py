@@ -1,4 +1,8 @@
-"""Test-wide setup: 8 simulated CPU devices, set before JAX is imported."""
+"""Test-wide setup, before any test module is imported.
+
+8 simulated CPU devices (set before JAX is imported), and triton (when
+installed) loaded before TensorFlow.
+"""
 
 import os
 
@@ -10,6 +14,19 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # quiet.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+
+# PyPI's torch (a CUDA build: what `pip install -e '.[test]'` gets on an
+# ordinary machine) brings triton, and transformers' BERT imports
+# torch._dynamo, which imports triton when it is imported. Loading triton
+# (its libtriton.so, which bundles its own LLVM) after TensorFlow has been
+# loaded segfaults the process in libtriton's static initialisers, and test
+# modules load TensorFlow at collection. Loaded first, triton is safe: load it
+# here, before any test module is imported. `import torch` first is not
+# enough (torch alone does not import triton). Costs about 0.2 s.
+try:
+  import triton  # noqa: F401
+except ImportError:  # No triton (CPU-only torch, or no torch): no hazard.
+  pass
 
 import pytest  # noqa: E402
 

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 
+from bertjax import pretrained
 from data_pipeline import corpora
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,7 +72,7 @@ def main() -> None:
   parser.add_argument('--copies', type=int, default=4)
   parser.add_argument('--keep', action='store_true', help='keep the output')
   args = parser.parse_args()
-  vocab = str(corpora.pretrained_model_dir() / 'vocab.txt')
+  vocab = os.path.join(pretrained.resolve('all-minilm-l6-v2'), 'vocab.txt')
   work = tempfile.mkdtemp(prefix='bench_cpd_')
   inputs = {}
   for copies in {args.copies, 1}:

@@ -31,7 +31,8 @@ import torch
 import transformers
 from absl import app, flags
 
-from data_pipeline import corpora, masking, pipeline
+from bertjax import pretrained
+from data_pipeline import corpora, examples, pipeline
 
 _SEQ_LENGTHS = flags.DEFINE_list(
   'seq_lengths', ['128', '512'], 'Sequence lengths to measure.'
@@ -57,7 +58,7 @@ def create_records(workdir: str, seq_len: int) -> str:
   if tf.io.gfile.exists(os.path.join(out, 'stats.json')):
     return out
   news = corpora.fetch('news-en') / 'NewsArticles.csv'
-  vocab = corpora.pretrained_model_dir() / 'vocab.txt'
+  vocab = os.path.join(pretrained.resolve('all-minilm-l6-v2'), 'vocab.txt')
   subprocess.run(
     [
       sys.executable,
@@ -100,10 +101,12 @@ def measure(next_batch: Callable[[], object], batch_size, seconds) -> float:
 def ours(directory, seq_len, batch_size, whole_word) -> Callable[[], object]:
   config = pipeline.PipelineConfig(
     train_file_patterns=(os.path.join(directory, 'train-*'),),
-    tokenizer_path=str(corpora.pretrained_model_dir() / 'vocab.txt'),
+    tokenizer_path=str(
+      os.path.join(pretrained.resolve('all-minilm-l6-v2'), 'vocab.txt')
+    ),
     per_host_batch_size=batch_size,
     max_seq_length=seq_len,
-    mlm=masking.MaskingConfig(whole_word_mask=whole_word),
+    mlm=examples.MaskingConfig(whole_word_mask=whole_word),
   )
   iterator = pipeline.create_train_iterator(config)
   return lambda: next(iterator)
@@ -112,7 +115,7 @@ def ours(directory, seq_len, batch_size, whole_word) -> Callable[[], object]:
 def peer(input_ids: np.ndarray, batch_size: int) -> Callable[[], object]:
   """transformers' collator over in-memory examples, to numpy."""
   tokenizer = transformers.AutoTokenizer.from_pretrained(
-    corpora.pretrained_model_dir()
+    pretrained.resolve('all-minilm-l6-v2')
   )
   collator = transformers.DataCollatorForLanguageModeling(
     tokenizer, mlm_probability=0.15

@@ -24,8 +24,8 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from bertjax import model, optimizer, sharding, trainer
-from data_pipeline import pipeline, prepare
+from bertjax import model, sharding, trainer
+from data_pipeline import pipeline, records
 
 _CONFIG = config_flags.DEFINE_config_file(
   'config',
@@ -40,27 +40,20 @@ _OURS = flags.DEFINE_bool('ours', True, 'Train bertjax.')
 
 
 def _read_batches(config, data_files, steps):
-  data_config = trainer.data_pipeline_config(
-    config, data_files, config.batch_size
-  )
+  data_config = trainer.pipeline_config(config, data_files, config.batch_size)
   train = pipeline.create_train_iterator(data_config, 0, 1)
-  batches = []
-  for _ in range(steps):
-    batch = next(train)
-    batch.pop('corrupt_files', None)
-    batches.append(batch)
+  batches = [next(train) for _ in range(steps)]
   evals = []
   for i, batch in enumerate(pipeline.create_eval_iterator(data_config, 0, 1)):
     if i >= config.eval_steps:
       break
-    batch.pop('corrupt_files', None)
     evals.append(batch)
   return batches, evals
 
 
-def _train_bertjax(bert_config, recipe, config, batches, evals):
+def _train_bertjax(bert_config, config, batches, evals):
   module = model.BertForPreTraining(bert_config)
-  tx, schedule = optimizer.create_optimizer(recipe)
+  tx, schedule = trainer.create_optimizer(config)
   mesh = sharding.create_mesh((-1, 1, 1))
   rules = sharding.default_logical_axis_rules()
   state, _ = trainer.create_train_state(
@@ -80,17 +73,19 @@ def _train_bertjax(bert_config, recipe, config, batches, evals):
   return history, sums
 
 
-def _train_torch(bert_config, recipe, config, batches, evals):
+def _train_torch(bert_config, config, batches, evals):
   import torch
-  import torch_peer  # noqa: I001 (a sibling script module, needs torch)
 
+  import torch_peer  # A sibling script module; it needs torch.
+
+  recipe = config.optim
   torch.manual_seed(config.seed)
   torch.set_num_threads(os.cpu_count() or 1)
   hf = torch_peer.build_model(bert_config)
   hf.train()
   decay, no_decay = [], []
   for name, param in hf.named_parameters():
-    # As bertjax.optimizer.decay_mask: no decay on LayerNorm and biases.
+    # As bertjax.trainer.decay_mask: no decay on LayerNorm and biases.
     (
       no_decay if 'LayerNorm' in name or name.endswith('bias') else decay
     ).append(param)
@@ -103,7 +98,7 @@ def _train_torch(bert_config, recipe, config, batches, evals):
     betas=(recipe.b1, recipe.b2),
     eps=recipe.eps,
   )
-  schedule = optimizer.create_schedule(recipe)
+  _, schedule = trainer.create_optimizer(config)
   history = []
   for number, batch in enumerate(batches):
     for group in opt.param_groups:
@@ -136,18 +131,18 @@ def main(argv):
   config = _CONFIG.value
   steps = _STEPS.value
   with tempfile.TemporaryDirectory() as tmp:
-    data_files = prepare.prepare_data(config.data, config.max_seq_length, tmp)
+    data_files = records.prepare_data(config.data, config.max_seq_length, tmp)
     batches, evals = _read_batches(config, data_files, steps)
   bert_config = trainer.get_model_config(config, data_files.vocab_size)
   config.num_train_steps = steps  # The schedule decays over the run.
-  recipe = trainer.get_optimizer_config(config)
+  recipe = config.optim
   runs = {}
   trainers = {'bertjax': _train_bertjax} if _OURS.value else {}
   if _PEER.value:
     trainers['transformers'] = _train_torch
   for name, train in trainers.items():
     start = time.perf_counter()
-    runs[name] = train(bert_config, recipe, config, batches, evals)
+    runs[name] = train(bert_config, config, batches, evals)
     print(
       f'{name}: {steps} steps in {time.perf_counter() - start:.0f} s',
       flush=True,

@@ -13,7 +13,7 @@ float32 accumulation; the peer runs `transformers.BertForPreTraining`'s
 modules with torch.optim.AdamW in float32 and under bf16 autocast, using
 the machine's cores (torch.set_num_threads(os.cpu_count())), its MLM head
 also at the masked positions only. Prints sequences/s, the
-model FLOP/s behind them (bertjax.flops), and ratios.
+model FLOP/s behind them (bertjax.trainer), and ratios.
 """
 
 import os
@@ -24,7 +24,8 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from bertjax import flops, model, optimizer, sharding, trainer
+from bertjax import model, sharding, trainer
+from configs import common
 
 _SIZE = flags.DEFINE_string('size', 'base', 'Model preset.')
 _BATCH = flags.DEFINE_integer('batch_size', 8, 'Sequences per step.')
@@ -55,9 +56,9 @@ def _batch(rng):
 def _jax_runner(dtype, batch):
   config = model.get_config(_SIZE.value, vocab_size=VOCAB, dtype=dtype)
   module = model.BertForPreTraining(config)
-  tx, schedule = optimizer.create_optimizer(
-    optimizer.OptimizerConfig(warmup_steps=10, total_steps=1000)
-  )
+  recipe = common.get_base_config()
+  recipe.num_train_steps, recipe.optim.warmup_steps = 1000, 10
+  tx, schedule = trainer.create_optimizer(recipe)
   mesh = sharding.create_mesh((-1, 1, 1))
   rules = sharding.default_logical_axis_rules()
   state, _ = trainer.create_train_state(
@@ -80,7 +81,8 @@ def _jax_runner(dtype, batch):
 
 def _torch_runner(autocast, batch):
   import torch
-  import torch_peer  # noqa: I001 (a sibling script module, needs torch)
+
+  import torch_peer  # A sibling script module; it needs torch.
 
   torch.set_num_threads(os.cpu_count() or 1)
   hf = torch_peer.build_model(model.get_config(_SIZE.value, vocab_size=VOCAB))
@@ -117,7 +119,7 @@ def main(argv):
       run(_STEPS.value)
       best[name] = min(best[name], (time.perf_counter() - start) / _STEPS.value)
   config = model.get_config(_SIZE.value, vocab_size=VOCAB)
-  step_flops = _BATCH.value * flops.get_train_flops_per_example(
+  step_flops = _BATCH.value * trainer.get_train_flops_per_example(
     config, _SEQ.value, _PRED.value
   )
   print(

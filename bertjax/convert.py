@@ -1,27 +1,28 @@
 r"""Command line: convert a BERT checkpoint between formats.
 
-  python -m bertjax.convert --from=PATH --to=PATH [--to_format=hf|bertjax] \
+  python -m bertjax.convert --from=PATH --to=DIR [--to_format=hf|bertjax] \
     [--hf_do_lower_case=true|false]
 
-The source may be a Hugging Face directory (`config.json`), a bertjax model
-directory (`bert_config.json` + `params/`) or an original Google TF
-checkpoint (`bert_model.ckpt` prefix, or its directory). `--to_format`
-defaults to bertjax, or to hf when the source is a bertjax model. Pretraining
-heads that the source lacks (a `BertModel`-only checkpoint) are initialised
-freshly and named in the log. The tokenizer file travels along; a bertjax
-directory does not record lower-casing (bertjax infers it from the
-vocabulary), so for a cased model exported to hf pass --hf_do_lower_case=false,
-which transformers' tokenizer needs.
+The source is anything `bertjax.pretrained` loads: a Hugging Face directory,
+a bertjax model directory, an original Google TF checkpoint, a training
+workdir (or one of its steps), or a pretrained model name. `--to_format`
+defaults to bertjax, or to hf when the source is a bertjax model.
+Pretraining heads that the source lacks (a `BertModel`-only checkpoint) are
+initialised freshly and named in the log. The tokenizer file travels along;
+a bertjax directory does not record lower-casing (bertjax infers it from
+the vocabulary), so for a cased model exported to hf pass
+--hf_do_lower_case=false, which transformers' tokenizer needs.
 """
 
 import os
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from bertjax import checkpoint, cli, hf_convert
+from bertjax import hf, pretrained
+from data_pipeline import cli
 
 _FROM = flags.DEFINE_string(
-  'from', None, 'Source: HF directory, bertjax directory or TF checkpoint.'
+  'from', None, 'Source: any model path or pretrained model name.'
 )
 _TO = flags.DEFINE_string('to', None, 'Output directory (new or empty).')
 _TO_FORMAT = flags.DEFINE_enum(
@@ -46,49 +47,43 @@ def convert(
   to_format: str | None = None,
   do_lower_case: bool | None = None,
 ) -> str:
-  """Converts the model at `source` into a new directory `target`.
-
-  Args:
-    source: a model in any format `checkpoint.detect_format` recognises.
-    target: output directory; must not exist or be empty.
-    to_format: 'hf' or 'bertjax'; None picks the other format than a
-      bertjax source, else bertjax.
-    do_lower_case: for 'hf', what `tokenizer_config.json` says; None copies
-      the source's setting, if it has one.
-
-  Returns:
-    The format written.
+  """Converts the model at `source` (a path or pretrained model name) into
+  `target`, a new or empty directory. `to_format` and `do_lower_case`: as the
+  flags (None picks the flags' defaults). Returns the format written.
 
   Raises:
-    cli.UserError: an unreadable source, or a non-empty target.
+    FileExistsError: a target that is not an empty directory.
   """
-  kind = checkpoint.detect_format(source)
-  if to_format is None:
-    to_format = 'hf' if kind == 'bertjax' else 'bertjax'
+  source = pretrained.resolve(source)
+  kind = pretrained.detect_format(source)
+  to_format = to_format or ('hf' if kind == 'bertjax' else 'bertjax')
   if os.path.exists(target) and (
     not os.path.isdir(target) or os.listdir(target)
   ):
-    raise cli.UserError(f'{target}: exists and is not an empty directory')
-  config, params, tokenizer = checkpoint.load_pretrained(source)
+    raise FileExistsError(f'{target}: exists and is not an empty directory')
+  config, params, tokenizer = pretrained.load(source)
   if tokenizer is None:
     logging.warning('%s has no tokenizer file; writing none', source)
-  if to_format == 'hf':
-    if do_lower_case is None and tokenizer is not None:
-      do_lower_case = hf_convert.read_do_lower_case(os.path.dirname(tokenizer))
-    hf_convert.save_hf_dir(target, config, params, tokenizer, do_lower_case)
-  else:
-    checkpoint.save_model(target, config, params, tokenizer)
+  elif to_format == 'hf' and do_lower_case is None:
+    do_lower_case = hf.read_do_lower_case(os.path.dirname(tokenizer))
+  pretrained.save(
+    target,
+    config,
+    params,
+    tokenizer,
+    format=to_format,
+    do_lower_case=do_lower_case,
+  )
   logging.info('converted %s (%s) to %s (%s)', source, kind, target, to_format)
   return to_format
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise cli.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
+  del argv
   if not _FROM.value or not _TO.value:
-    raise cli.UserError('--from and --to are required')
+    raise ValueError('--from and --to are required')
   convert(_FROM.value, _TO.value, _TO_FORMAT.value, _HF_DO_LOWER_CASE.value)
 
 
 if __name__ == '__main__':
-  app.run(cli.run(main), flags_parser=cli.parse_flags)
+  cli.run(main)

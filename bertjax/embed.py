@@ -4,9 +4,9 @@ r"""Command line: sentence embeddings from a BERT encoder.
     --output=vectors.npy [--pooling=mean|cls] [--normalize] \
     [--max_seq_length=N] [--batch_size=N]
 
-`--model` is a Hugging Face or bertjax model directory, a Google TF
-checkpoint, or a registered pretrained model name (`all-minilm-l6-v2`,
-fetched by `data_pipeline.corpora`). Only the encoder is used.
+`--model` is anything `bertjax.pretrained` loads: a Hugging Face or bertjax
+model directory, a Google TF checkpoint, a training workdir, or a pretrained
+model name (`all-minilm-l6-v2`). Only the encoder is used.
 
 Input: UTF-8 text, one text per line (`\n` or `\r\n`; the last newline is
 optional). A blank line is a text too, the empty string, embedded as
@@ -32,16 +32,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
-from bertjax import checkpoint, cli, hf_convert, model
-from data_pipeline import corpora
+from bertjax import hf, model, pretrained
+from data_pipeline import cli
 
 _MODEL = flags.DEFINE_string(
   'model',
   None,
-  'HF or bertjax model directory, TF checkpoint, or a registered model name '
-  '(all-minilm-l6-v2).',
+  'HF or bertjax model directory, TF checkpoint, training workdir, or a '
+  'pretrained model name (all-minilm-l6-v2).',
 )
 _INPUT = flags.DEFINE_string('input', None, 'UTF-8 text file, one per line.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Output .npy file.')
@@ -67,29 +67,18 @@ _DO_LOWER_CASE = flags.DEFINE_bool(
 _MIN_BUCKET = 16
 
 
-def resolve_model(name_or_path: str) -> str:
-  """A model path, or the directory of a registered pretrained model."""
-  if os.path.exists(name_or_path) or os.path.exists(name_or_path + '.index'):
-    return name_or_path
-  try:
-    return str(corpora.pretrained_model_dir(name_or_path))
-  except corpora.CorpusError:
-    raise cli.UserError(
-      f'--model={name_or_path}: no such directory or checkpoint, and not a '
-      'registered model name (all-minilm-l6-v2)'
-    ) from None
+class EmbedError(ValueError):
+  """An input or setting that embedding cannot work with."""
 
 
 def _import_tokenizers() -> Any:
   """Imports `data_pipeline.tokenizers`, which imports TensorFlow.
 
-  Not at the top of this module: TensorFlow takes seconds to import, which
-  errors found earlier need not wait for. And while it is imported,
-  TensorFlow 2.21's C++ runtime writes start-up log lines ('Could not find
-  cuda drivers ...') straight to file descriptor 2, whatever
-  TF_CPP_MIN_LOG_LEVEL says, which would bury this command's one-line error
-  report; so descriptor 2 points at /dev/null meanwhile. Exceptions still
-  propagate; only what is written to stderr during the import is lost.
+  Late, so that errors found earlier need not wait for TensorFlow's slow
+  import; and with file descriptor 2 on /dev/null meanwhile, because TF
+  2.21's C++ runtime writes start-up lines ('Could not find cuda drivers
+  ...') there whatever TF_CPP_MIN_LOG_LEVEL says, burying this command's
+  one-line error report. Exceptions still propagate.
   """
   sys.stderr.flush()
   saved = os.dup(2)
@@ -112,33 +101,28 @@ def load_encoder(
 ) -> tuple[model.BertConfig, dict[str, Any], Any]:
   """Loads a model's encoder and its tokenizer.
 
-  Args:
-    path: a model in any format `checkpoint.detect_format` recognises.
-    do_lower_case: WordPiece lower-casing; None reads the model's
-      `tokenizer_config.json`, else infers it from the vocabulary.
-    max_seq_length: if given, checked against the model before the
-      tokenizer is loaded.
+  `do_lower_case=None` reads the model's `tokenizer_config.json`, else infers
+  it from the vocabulary; `max_seq_length` is checked against the model
+  before the (slow) tokenizer is loaded.
 
   Returns:
     (config, `BertModel` params (the `bert` subtree), a
     `data_pipeline.tokenizers.Tokenizer`).
 
   Raises:
-    cli.UserError: no tokenizer, one with more ids than the model has, or a
+    EmbedError: no tokenizer, one with more ids than the model has, or a
       max_seq_length the model cannot take.
   """
-  config, params, tokenizer_file = checkpoint.load_pretrained(path)
+  config, params, tokenizer_file = pretrained.load(pretrained.resolve(path))
   get_max_seq_length(config, max_seq_length)
   if tokenizer_file is None:
-    raise cli.UserError(f'{path}: no vocab.txt or SentencePiece model')
+    raise EmbedError(f'{path}: no vocab.txt or SentencePiece model')
   tokenizers = _import_tokenizers()
   if do_lower_case is None and not tokenizer_file.endswith('.model'):
-    do_lower_case = hf_convert.read_do_lower_case(
-      os.path.dirname(tokenizer_file)
-    )
+    do_lower_case = hf.read_do_lower_case(os.path.dirname(tokenizer_file))
   tokenizer = tokenizers.create_tokenizer(tokenizer_file, do_lower_case)
   if tokenizer.vocab_size > config.vocab_size:
-    raise cli.UserError(
+    raise EmbedError(
       f'{tokenizer_file}: {tokenizer.vocab_size} tokens, but the model has '
       f'only {config.vocab_size} word embeddings'
     )
@@ -148,17 +132,17 @@ def load_encoder(
 def read_lines(path: str) -> list[str]:
   """Reads one text per line (see the module docstring)."""
   if not os.path.isfile(path):
-    raise cli.UserError(f'{path}: no such input file')
+    raise EmbedError(f'{path}: no such input file')
   # utf-8-sig: a byte-order mark is not part of the first text.
   with open(path, encoding='utf-8-sig', newline='') as f:
     try:
       text = f.read()
     except UnicodeDecodeError as e:
-      raise cli.UserError(
+      raise EmbedError(
         f'{path}: not UTF-8 text (bad byte at offset {e.start})'
       ) from None
   if not text:
-    raise cli.UserError(f'{path}: empty input, nothing to embed')
+    raise EmbedError(f'{path}: empty input, nothing to embed')
   lines = text.split('\n')
   if lines[-1] == '':
     lines.pop()
@@ -170,7 +154,7 @@ def get_max_seq_length(config: model.BertConfig, requested: int | None) -> int:
   if requested is None:
     return min(512, config.max_position_embeddings)
   if not 2 <= requested <= config.max_position_embeddings:
-    raise cli.UserError(
+    raise EmbedError(
       f'--max_seq_length={requested} must be between 2 ([CLS] and [SEP]) '
       f"and the model's max_position_embeddings "
       f'({config.max_position_embeddings})'
@@ -185,19 +169,12 @@ def _next_power_of_two(n: int) -> int:
 def create_embed_fn(
   config: model.BertConfig, pooling: str, normalize: bool
 ) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
-  """The jitted `(bert_params, input_ids, input_mask) -> embeddings`.
-
-  Args:
-    config: the encoder config.
-    pooling: 'mean' over tokens where input_mask is 1, or 'cls'.
-    normalize: scale each embedding to unit L2 norm.
-
-  Returns:
-    A function of params, int32 `[batch, seq_len]` ids and 0/1 mask,
-    returning float32 `[batch, hidden_size]`.
-  """
+  """The jitted `(bert_params, input_ids, input_mask) -> embeddings`: int32
+  `[batch, seq_len]` ids and 0/1 mask -> float32 `[batch, hidden_size]`,
+  pooled (`mean` over the mask's tokens, or `cls`) and optionally scaled to
+  unit L2 norm."""
   if pooling not in ('mean', 'cls'):
-    raise cli.UserError(f'pooling {pooling!r} is not mean or cls')
+    raise EmbedError(f'pooling {pooling!r} is not mean or cls')
   encoder = model.BertModel(config)
 
   def embed(params, input_ids, input_mask):
@@ -227,27 +204,21 @@ def embed_texts(
   max_seq_length: int | None = None,
   batch_size: int = 32,
 ) -> np.ndarray:
-  """Embeds texts with a BERT encoder.
+  """Embeds texts (any strings, empty ones included) as the module says.
 
   Args:
-    config: the encoder config.
-    params: `BertModel` params.
+    config, params: the encoder (`BertModel` params).
     tokenizer: a `data_pipeline.tokenizers.Tokenizer` (adds no specials;
       `[CLS]`/`[SEP]` are added here).
-    texts: any strings, empty ones included.
-    pooling: 'mean' or 'cls' (see the module docstring).
-    normalize: scale each embedding to unit L2 norm.
-    max_seq_length: tokens per text, specials included (longer texts are
-      truncated); default min(512, max_position_embeddings).
-    batch_size: texts per device call.
+    texts, pooling, normalize, max_seq_length, batch_size: as the flags.
 
   Returns:
     float32 `[len(texts), hidden_size]`, in the order of `texts`.
   """
   if not texts:
-    raise cli.UserError('no texts to embed')
+    raise EmbedError('no texts to embed')
   if batch_size < 1:
-    raise cli.UserError(f'--batch_size={batch_size} must be positive')
+    raise EmbedError(f'--batch_size={batch_size} must be positive')
   max_seq_length = get_max_seq_length(config, max_seq_length)
   ids = tokenizer.encode_batch(list(texts))
   truncated = sum(len(x) > max_seq_length - 2 for x in ids)
@@ -278,20 +249,18 @@ def embed_texts(
     for row, i in enumerate(index):
       input_ids[row, : lengths[i]] = ids[i]
       input_mask[row, : lengths[i]] = 1
-    result = embed(params, input_ids, input_mask)
-    out[index] = np.asarray(result)[: len(index)]
+    out[index] = np.asarray(embed(params, input_ids, input_mask))[: len(index)]
   return out
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise cli.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
+  del argv
   for holder in (_MODEL, _INPUT, _OUTPUT):
     if not holder.value:
-      raise cli.UserError(f'--{holder.name} is required')
+      raise EmbedError(f'--{holder.name} is required')
   texts = read_lines(_INPUT.value)
   config, params, tokenizer = load_encoder(
-    resolve_model(_MODEL.value), _DO_LOWER_CASE.value, _MAX_SEQ_LENGTH.value
+    _MODEL.value, _DO_LOWER_CASE.value, _MAX_SEQ_LENGTH.value
   )
   blank = sum(not t.strip() for t in texts)
   if blank:
@@ -322,4 +291,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(cli.run(main), flags_parser=cli.parse_flags)
+  cli.run(main)

@@ -23,14 +23,13 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# Logical axis names of parameters and activations. `sharding.py` owns the
-# rules that map them to mesh axes.
+# Logical axis names of parameters and activations.
 VOCAB = 'vocab'
 EMBED = 'embed'
 MLP = 'mlp'
@@ -76,55 +75,66 @@ class ConfigError(ValueError):
   """A BERT configuration that cannot describe a working model."""
 
 
+class WeightsError(ValueError):
+  """Weights that cannot be the params of a model: unreadable, incomplete,
+  or shaped for another config."""
+
+
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
   """Hyper-parameters of a BERT encoder (google-research/bert's names)."""
 
-  # Size of the token vocabulary (rows of the word-embedding table).
-  vocab_size: int = 30522
-  # Width of every token representation.
-  hidden_size: int = 768
-  # Number of Transformer encoder layers.
+  vocab_size: int = 30522  # rows of the word-embedding table
+  hidden_size: int = 768  # width of every token representation
   num_hidden_layers: int = 12
-  # Attention heads per layer; must divide hidden_size.
-  num_attention_heads: int = 12
-  # Width of the feed-forward layer inside each encoder layer.
-  intermediate_size: int = 3072
-  # Feed-forward non-linearity: gelu (exact) | gelu_new | relu | silu.
-  hidden_act: str = 'gelu'
+  num_attention_heads: int = 12  # must divide hidden_size
+  intermediate_size: int = 3072  # feed-forward width
+  hidden_act: str = 'gelu'  # gelu (exact) | gelu_new | relu | silu
   # Dropout after embeddings, attention output and feed-forward output.
   hidden_dropout_prob: float = 0.1
-  # Dropout on the attention probabilities.
   attention_probs_dropout_prob: float = 0.1
-  # Longest sequence the position embeddings support.
-  max_position_embeddings: int = 512
-  # Number of segment (token type) ids: 2 for sentence A / B.
-  type_vocab_size: int = 2
-  # Standard deviation of the truncated-normal weight initialiser.
-  initializer_range: float = 0.02
-  # Epsilon of every LayerNorm.
+  max_position_embeddings: int = 512  # longest sequence
+  type_vocab_size: int = 2  # segment ids: sentence A / B
+  initializer_range: float = 0.02  # stddev of the truncated normal
   layer_norm_eps: float = 1e-12
-  # Compute dtype of activations and matmul inputs: float32 | bfloat16.
-  dtype: str = 'float32'
-  # Storage dtype of parameters.
-  param_dtype: str = 'float32'
-  # Stack encoder layers with nn.scan (params get a leading `layers` axis)
-  # so compile time does not grow with depth.
+  dtype: str = 'float32'  # activations and matmul inputs
+  param_dtype: str = 'float32'  # parameter storage
+  # nn.scan over the layers (params get a leading `layers` axis), so compile
+  # time does not grow with depth.
   scan_layers: bool = True
-  # Rematerialisation of each encoder layer: none | full | dots |
-  # dots_no_batch.
-  remat_policy: str = 'none'
+  remat_policy: str = 'none'  # per layer: none | full | dots | dots_no_batch
+
+  # Fields that fix the parameters' shapes: a checkpoint's config decides
+  # them, a run cannot override them.
+  SHAPE_FIELDS: ClassVar[tuple[str, ...]] = (
+    'vocab_size',
+    'hidden_size',
+    'num_hidden_layers',
+    'num_attention_heads',
+    'intermediate_size',
+    'max_position_embeddings',
+    'type_vocab_size',
+  )
+  # Fields that say how bertjax runs or stores a model, not what it computes
+  # from given weights; no other BERT config file has them (HF's own `dtype`
+  # is the storage dtype of its tensors).
+  BERTJAX_FIELDS: ClassVar[tuple[str, ...]] = (
+    'dtype',
+    'param_dtype',
+    'scan_layers',
+    'remat_policy',
+  )
+  # Fields a run sets for itself when it starts from a checkpoint: how it
+  # runs, trains and initialises what the checkpoint lacks.
+  RUN_TIME_FIELDS: ClassVar[tuple[str, ...]] = (
+    *BERTJAX_FIELDS,
+    'hidden_dropout_prob',
+    'attention_probs_dropout_prob',
+    'initializer_range',
+  )
 
   def __post_init__(self):
-    for name in (
-      'vocab_size',
-      'hidden_size',
-      'num_hidden_layers',
-      'num_attention_heads',
-      'intermediate_size',
-      'max_position_embeddings',
-      'type_vocab_size',
-    ):
+    for name in self.SHAPE_FIELDS:
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f'{name} must be a positive integer, got {value!r}')
@@ -133,25 +143,34 @@ class BertConfig:
         f'hidden_size ({self.hidden_size}) is not divisible by '
         f'num_attention_heads ({self.num_attention_heads})'
       )
-    for name in ('hidden_dropout_prob', 'attention_probs_dropout_prob'):
-      if not 0.0 <= getattr(self, name) < 1.0:
-        raise ConfigError(
-          f'{name} must be in [0, 1), got {getattr(self, name)}'
-        )
-    if self.hidden_act not in _ACTIVATIONS:
-      raise ConfigError(
-        f'hidden_act {self.hidden_act!r} is not one of {sorted(_ACTIVATIONS)}'
-      )
-    for name in ('dtype', 'param_dtype'):
-      if getattr(self, name) not in _DTYPES:
-        raise ConfigError(
-          f'{name} {getattr(self, name)!r} is not one of {list(_DTYPES)}'
-        )
-    if self.remat_policy not in _REMAT_POLICIES:
-      raise ConfigError(
-        f'remat_policy {self.remat_policy!r} is not one of '
-        f'{sorted(_REMAT_POLICIES)}'
-      )
+    for name, low, high in (
+      ('hidden_dropout_prob', 0.0, 1.0),
+      ('attention_probs_dropout_prob', 0.0, 1.0),
+      ('initializer_range', 0.0, math.inf),
+      ('layer_norm_eps', 0.0, math.inf),
+    ):
+      value = getattr(self, name)
+      numeric = isinstance(value, int | float) and not isinstance(value, bool)
+      if not numeric or not low <= value < high:
+        raise ConfigError(f'{name} must be in [{low}, {high}), got {value!r}')
+    for name, allowed in (
+      ('hidden_act', sorted(_ACTIVATIONS)),
+      ('dtype', list(_DTYPES)),
+      ('param_dtype', list(_DTYPES)),
+      ('remat_policy', sorted(_REMAT_POLICIES)),
+    ):
+      value = getattr(self, name)
+      if value not in allowed:
+        raise ConfigError(f'{name} {value!r} is not one of {allowed}')
+
+  @classmethod
+  def shared_fields(cls) -> tuple[str, ...]:
+    """Fields of transformers' and Google's config files, same names."""
+    return tuple(
+      f.name
+      for f in dataclasses.fields(cls)
+      if f.name not in cls.BERTJAX_FIELDS
+    )
 
   @property
   def head_dim(self) -> int:
@@ -178,8 +197,7 @@ class BertConfig:
 
 
 def _miniature(layers: int, hidden: int) -> dict[str, int]:
-  # Google's 24 BERT miniatures (Turc et al. 2019): 64-wide heads and a 4x
-  # feed-forward, like BERT-base.
+  # 64-wide heads and a 4x feed-forward, like BERT-base and BERT-large.
   return dict(
     num_hidden_layers=layers,
     hidden_size=hidden,
@@ -188,6 +206,7 @@ def _miniature(layers: int, hidden: int) -> dict[str, int]:
   )
 
 
+# Google's 24 BERT miniatures (Turc et al. 2019) and the usual names.
 PRESETS: dict[str, dict[str, int]] = {
   f'L-{layers}_H-{hidden}': _miniature(layers, hidden)
   for layers in (2, 4, 6, 8, 10, 12)
@@ -199,12 +218,7 @@ PRESETS.update(
   small=PRESETS['L-4_H-512'],
   medium=PRESETS['L-8_H-512'],
   base=PRESETS['L-12_H-768'],
-  large=dict(
-    num_hidden_layers=24,
-    hidden_size=1024,
-    num_attention_heads=16,
-    intermediate_size=4096,
-  ),
+  large=_miniature(24, 1024),
 )
 
 
@@ -224,21 +238,14 @@ def _constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
 class Dense(nn.Module):
   """A dense layer over the trailing `in_dims` axes with logical axis names.
 
-  bfloat16 matmuls accumulate in float32 (`preferred_element_type`): on
-  these CPUs that runs ~350 GFLOP/s against ~160 for bf16-in-bf16-out, and
-  it is what TPU/GPU matrix units do natively. The bias is added in float32
-  before the cast back to the compute dtype.
-
-  Attributes:
-    config: supplies dtypes and the initializer range.
-    features: output width, or widths for a multi-axis output.
-    axes: logical names of the kernel's dimensions, inputs then outputs; the
-      bias takes the output names.
-    in_dims: how many trailing input axes are contracted.
+  Accumulates in float32 (faster on CPU than a bfloat16 result, and native
+  to TPU/GPU matrix units) and adds the bias before casting back.
   """
 
-  config: BertConfig
-  features: int | tuple[int, ...]
+  config: BertConfig  # dtypes and the initializer range
+  features: int | tuple[int, ...]  # a width, or widths of a multi-axis output
+  # Logical names of the kernel's dimensions, inputs then outputs; the bias
+  # takes the output names.
   axes: tuple[str, ...]
   in_dims: int = 1
 
@@ -320,38 +327,22 @@ class BertEmbeddings(nn.Module):
   def __call__(
     self, input_ids: jax.Array, segment_ids: jax.Array, deterministic: bool
   ) -> jax.Array:
-    """Embeds tokens.
-
-    Args:
-      input_ids: int `[batch, seq_len]`.
-      segment_ids: int `[batch, seq_len]`, 0 for sentence A, 1 for B.
-      deterministic: disables dropout.
-
-    Returns:
-      `[batch, seq_len, hidden_size]` in the compute dtype.
-    """
-    seq_len = input_ids.shape[-1]
-    positions = jnp.arange(seq_len)[None, :]
+    """int `[batch, seq_len]` token and segment ids -> `[batch, seq_len,
+    hidden_size]` in the compute dtype."""
+    positions = jnp.arange(input_ids.shape[-1])[None, :]
     x = (
       self.word_embeddings(input_ids)
       + self.position_embeddings(positions)
       + self.token_type_embeddings(segment_ids)
     )
-    x = self.layer_norm(x)
-    x = self.dropout(x, deterministic=deterministic)
+    x = self.dropout(self.layer_norm(x), deterministic=deterministic)
     return _constrain(
       x, (ACTIVATION_BATCH, ACTIVATION_LENGTH, ACTIVATION_EMBED)
     )
 
   def attend(self, x: jax.Array) -> jax.Array:
-    """Scores hidden states against every word embedding (the tied decoder).
-
-    Args:
-      x: `[..., hidden_size]`.
-
-    Returns:
-      float32 `[..., vocab_size]`.
-    """
+    """The tied decoder: `[..., hidden_size]` -> float32 `[..., vocab_size]`
+    scores against every word embedding."""
     table = self.word_embeddings.embedding.astype(x.dtype)
     return jnp.einsum(
       '...h,vh->...v', x, table, preferred_element_type=jnp.float32
@@ -367,16 +358,9 @@ class BertSelfAttention(nn.Module):
   def __call__(
     self, x: jax.Array, attention_bias: jax.Array, deterministic: bool
   ) -> jax.Array:
-    """Attends.
+    """`[batch, seq_len, hidden_size]` -> the same shape, before the residual.
 
-    Args:
-      x: `[batch, seq_len, hidden_size]`.
-      attention_bias: float32 `[batch, 1, 1, seq_len]`, 0 at real tokens and
-        a large negative number at padding.
-      deterministic: disables dropout.
-
-    Returns:
-      `[batch, seq_len, hidden_size]`, before the residual.
+    `attention_bias` is `create_attention_bias`'s `[batch, 1, 1, seq_len]`.
     """
     c = self.config
     qkv_shape = (c.num_attention_heads, c.head_dim)
@@ -418,17 +402,8 @@ class BertLayer(nn.Module):
   def __call__(
     self, x: jax.Array, attention_bias: jax.Array, deterministic: bool
   ) -> tuple[jax.Array, None]:
-    """Applies the layer.
-
-    Args:
-      x: `[batch, seq_len, hidden_size]`.
-      attention_bias: float32 `[batch, 1, 1, seq_len]`.
-      deterministic: disables dropout.
-
-    Returns:
-      (`[batch, seq_len, hidden_size]`, None): the (carry, output) pair that
-      `nn.scan` expects.
-    """
+    """`[batch, seq_len, hidden_size]` -> (the same shape, None), the
+    (carry, output) pair that `nn.scan` expects."""
     c = self.config
     dropout = nn.Dropout(rate=c.hidden_dropout_prob)
     attn = BertSelfAttention(c, name='attention')(
@@ -459,12 +434,11 @@ class BertEncoder(nn.Module):
   ) -> jax.Array:
     c = self.config
     layer_cls = BertLayer
-    policy = _REMAT_POLICIES[c.remat_policy]
     if c.remat_policy != 'none':
       # `deterministic` (argument 3, counting self) is a Python bool.
       layer_cls = nn.remat(
         layer_cls,
-        policy=policy,
+        policy=_REMAT_POLICIES[c.remat_policy],
         prevent_cse=not c.scan_layers,
         static_argnums=(3,),
       )
@@ -564,7 +538,7 @@ class MaskedLmHead(nn.Module):
     Args:
       sequence_output: `[batch, seq_len, hidden_size]`.
       masked_lm_positions: int `[batch, max_predictions]`.
-      attend: the word-embedding decoder, `[..., hidden] -> [..., vocab]`.
+      attend: the tied decoder (`BertModel.attend`).
 
     Returns:
       float32 logits `[batch, max_predictions, vocab_size]`.
@@ -607,12 +581,9 @@ class BertForPreTraining(nn.Module):
     """Runs the encoder and both heads.
 
     Args:
-      input_ids: int `[batch, seq_len]`.
-      input_mask: 0/1 `[batch, seq_len]` (default all 1).
-      segment_ids: int `[batch, seq_len]` (default all 0).
+      input_ids, input_mask, segment_ids, deterministic: as `BertModel`.
       masked_lm_positions: int `[batch, max_predictions]`; None scores every
         position (slow with a large vocabulary: only for inspection).
-      deterministic: disables dropout.
 
     Returns:
       dict with `sequence_output` `[batch, seq_len, hidden]`, `pooled_output`
@@ -636,3 +607,73 @@ class BertForPreTraining(nn.Module):
       mlm_logits=mlm_logits,
       nsp_logits=nsp_logits,
     )
+
+
+def init_params(config: BertConfig, rng: jax.Array) -> dict[str, Any]:
+  """Freshly initialised `BertForPreTraining` parameters.
+
+  The one place parameters are born: a training state, the shapes a
+  checkpoint is checked against and the heads a checkpoint lacks all come
+  from here, so they agree by construction.
+
+  Returns:
+    The `params` collection, every leaf boxed in `nn.Partitioned` with its
+    logical axis names (`nn.unbox` drops them).
+  """
+  ids = jnp.zeros((1, 1), jnp.int32)
+  bert = BertForPreTraining(config)
+  return bert.init(rng, ids, masked_lm_positions=ids)['params']
+
+
+def flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """`'/'`-joined path -> shape of every leaf with a `.shape`."""
+  leaves, _ = jax.tree_util.tree_flatten_with_path(nn.unbox(tree))
+  return {
+    '/'.join(str(getattr(k, 'key', k)) for k in path): tuple(leaf.shape)
+    for path, leaf in leaves
+  }
+
+
+def param_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
+  """The shape of every parameter `config` implies, with no compute."""
+  # Bound, not passed: eval_shape would take the config (it has a `dtype`)
+  # for an array.
+  init = functools.partial(init_params, config)
+  return flat_shapes(jax.eval_shape(init, jax.random.key(0)))
+
+
+def check_shapes(
+  given: Mapping[str, Any],
+  expected: Mapping[str, Any],
+  source: str,
+  kind: str = 'parameter',
+) -> None:
+  """Checks `given` name -> shape (a tuple or anything with `.shape`)
+  against the shapes a config implies; `source` and `kind` name what `given`
+  came from and holds, for the message.
+
+  Raises:
+    WeightsError: naming the first missing, misshapen or unexpected entry.
+  """
+
+  def shape(x):
+    return tuple(getattr(x, 'shape', x))
+
+  for name, want in expected.items():
+    if name not in given:
+      raise WeightsError(f'{source}: no {kind} {name}')
+    if shape(given[name]) != shape(want):
+      raise WeightsError(
+        f'{source}: {kind} {name} has shape {list(shape(given[name]))}, '
+        f'expected {list(shape(want))} from the model config'
+      )
+  extra = sorted(set(given) - set(expected))
+  if extra:
+    raise WeightsError(
+      f'{source}: unexpected {kind}(s) {", ".join(extra)} for the model config'
+    )
+
+
+def check_params(params: Any, config: BertConfig, source: str) -> None:
+  """Checks a params tree (arrays or shape metadata) against `config`."""
+  check_shapes(flat_shapes(params), param_shapes(config), source)

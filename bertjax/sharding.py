@@ -31,18 +31,13 @@ Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
 
 def default_logical_axis_rules(extra: Sequence[Sequence[Any]] = ()) -> Rules:
-  """Logical -> mesh axis rules: data + FSDP + Megatron-style tensor parallel.
+  """`extra` rules, then the defaults: data + FSDP + Megatron-style tensor
+  parallel.
 
   Batch is split over `data` and `fsdp`; weights are split over `fsdp` on
   their `embed` dimension (gathered per layer by XLA) and over `tensor` on
   heads / feed-forward / vocabulary. Activations between blocks stay
   replicated over `tensor` (the residual stream is small for BERT).
-
-  Args:
-    extra: rules that take precedence over the defaults.
-
-  Returns:
-    A tuple of (logical name, mesh axes or None) pairs.
   """
   defaults = (
     (model.ACTIVATION_BATCH, (DATA, FSDP)),
@@ -101,12 +96,8 @@ def resolve_mesh_shape(
 def create_mesh(
   shape: Sequence[int] = (-1, 1, 1), devices: Sequence[Any] | None = None
 ) -> Mesh:
-  """A `(data, fsdp, tensor)` mesh over all (global) devices.
-
-  Args:
-    shape: sizes of (data, fsdp, tensor); one may be -1 to use the rest.
-    devices: defaults to `jax.devices()` (every process's devices).
-  """
+  """A `(data, fsdp, tensor)` mesh (one size may be -1: the rest) over
+  `devices`, by default every process's."""
   devices = jax.devices() if devices is None else list(devices)
   shape = resolve_mesh_shape(shape, len(devices))
   # Auto axes keep GSPMD propagation with sharding constraints (the model
@@ -124,11 +115,8 @@ def _fit_spec(spec: PartitionSpec, shape, mesh: Mesh) -> PartitionSpec:
   """
   fitted = []
   for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-    names = (
-      () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
-    )
-    kept = []
-    size = 1
+    names = axes if isinstance(axes, tuple) else () if axes is None else (axes,)
+    kept, size = [], 1
     for name in names:
       if dim % (size * mesh.shape[name]) == 0:
         kept.append(name)
@@ -151,24 +139,14 @@ def _fit_spec(spec: PartitionSpec, shape, mesh: Mesh) -> PartitionSpec:
 
 
 def get_shardings(abstract_boxed: Any, mesh: Mesh, rules: Rules) -> Any:
-  """NamedShardings for a tree of (abstract) arrays boxed with logical axes.
-
-  Args:
-    abstract_boxed: output of `jax.eval_shape` of a function returning flax
-      variables with `nn.Partitioned` boxes (unboxed leaves are replicated).
-    mesh: the device mesh.
-    rules: logical-axis rules.
-
-  Returns:
-    A tree of `NamedSharding` shaped like `nn.unbox(abstract_boxed)`.
-  """
-  logical = nn.get_partition_spec(abstract_boxed)
-  mesh_specs = nn.logical_to_mesh(logical, rules)
-  shapes = nn.unbox(abstract_boxed)
+  """`NamedSharding`s, shaped like `nn.unbox(abstract_boxed)`, for the
+  output of `jax.eval_shape` of a function returning flax variables with
+  `nn.Partitioned` boxes (unboxed leaves are replicated)."""
+  mesh_specs = nn.logical_to_mesh(nn.get_partition_spec(abstract_boxed), rules)
   return jax.tree.map(
     lambda spec, x: NamedSharding(mesh, _fit_spec(spec, x.shape, mesh)),
     mesh_specs,
-    shapes,
+    nn.unbox(abstract_boxed),
     is_leaf=lambda x: isinstance(x, PartitionSpec),
   )
 
@@ -176,17 +154,9 @@ def get_shardings(abstract_boxed: Any, mesh: Mesh, rules: Rules) -> Any:
 def create_sharded(
   init_fn: Callable[..., Any], mesh: Mesh, rules: Rules, *args: Any
 ) -> tuple[Any, Any]:
-  """Runs `init_fn(*args)` so that its outputs are born sharded.
-
-  Args:
-    init_fn: returns flax variables boxed with logical axis names.
-    mesh: the device mesh.
-    rules: logical-axis rules.
-    *args: arguments of init_fn (e.g. an rng key).
-
-  Returns:
-    (unboxed variables placed on the mesh, their NamedSharding tree).
-  """
+  """Runs `init_fn(*args)`, which returns flax variables boxed with logical
+  axis names, so that its outputs are born sharded: returns the unboxed
+  variables placed on the mesh and their NamedSharding tree."""
   abstract = jax.eval_shape(init_fn, *args)
   shardings = get_shardings(abstract, mesh, rules)
   # No logical-axis rules here: flax's DenseGeneral initialises its kernel
@@ -206,9 +176,7 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def get_fraction_replicated(variables: Any) -> float:
   """Fraction of parameter bytes stored on every device (not sharded)."""
-  total = replicated = 0
-  for x in jax.tree.leaves(variables):
-    total += x.nbytes
-    if x.sharding.is_fully_replicated:
-      replicated += x.nbytes
+  leaves = jax.tree.leaves(variables)
+  total = sum(x.nbytes for x in leaves)
+  replicated = sum(x.nbytes for x in leaves if x.sharding.is_fully_replicated)
   return replicated / max(total, 1)

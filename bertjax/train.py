@@ -10,12 +10,11 @@ process. Flags only: the loop lives in `bertjax.trainer`.
 """
 
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from bertjax import cli
+from data_pipeline import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
   'config',
@@ -45,38 +44,25 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def _initialize_distributed() -> None:
+  import jax
+
   explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if any(v is not None for v in explicit):
     if any(v is None for v in explicit):
-      raise cli.UserError(
+      raise ValueError(
         '--coordinator_address, --num_processes and --process_id go together'
       )
-    import jax
-
     jax.distributed.initialize(
       coordinator_address=_COORDINATOR.value,
       num_processes=_NUM_PROCESSES.value,
       process_id=_PROCESS_ID.value,
     )
   elif _MULTIHOST.value:
-    import jax
-
     jax.distributed.initialize()
 
 
-class _HideLibraryInfo(logging.logging.Filter):
-  """Keeps Orbax's per-save INFO chatter (dozens of lines per checkpoint)
-  out of the console unless --verbosity >= 1; warnings always show."""
-
-  def filter(self, record) -> bool:
-    if record.levelno >= logging.logging.WARNING or logging.get_verbosity() > 0:
-      return True
-    return 'orbax' not in record.pathname
-
-
 def main(argv):
-  if len(argv) > 1:
-    raise cli.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
+  del argv
   # TensorFlow serves tf.data only: keep it off accelerators and quiet.
   # Level 3 also hides TF's 'failed call to cuInit' on machines without CUDA
   # (tf.data errors still raise as Python exceptions).
@@ -87,7 +73,6 @@ def main(argv):
   _initialize_distributed()
   from bertjax import trainer
 
-  logging.get_absl_handler().addFilter(_HideLibraryInfo())
   trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
@@ -95,7 +80,7 @@ def _parse_flags(argv):
   """absl's parser, with config-override mistakes as one line + exit 2.
 
   `--config.bach_size=3` fails inside ml_collections while flags are parsed,
-  before `main` (and `cli.run`) is reached.
+  before `main` runs.
   """
   args = argv[1:]
   for i, arg in enumerate(args):
@@ -108,22 +93,16 @@ def _parse_flags(argv):
       path = value.split(':', 1)[0]
       if not os.path.isfile(path):
         # ml_collections would report it wrapped in two other messages.
-        print(
-          f'bertjax.train: error: --config: {path}: no such file',
-          file=sys.stderr,
-        )
-        sys.exit(2)
+        cli.fail(f'--config: {path}: no such file')
   try:
     return cli.parse_flags(argv)
   except (AttributeError, KeyError, ValueError, TypeError) as e:
     message = ' '.join(str(e).replace('\\n', ' ').split()).strip('\'"')
-    message = message.replace("\\'", "'")
-    print(f'bertjax.train: error: bad flag: {message}', file=sys.stderr)
-    sys.exit(2)
+    cli.fail('bad flag: ' + message.replace("\\'", "'"))
 
 
 if __name__ == '__main__':
   cli.restart_with_malloc_huge_pages()
   # The run's progress lines are INFO: show them by default.
   flags.FLAGS.set_default('verbosity', logging.INFO)
-  app.run(cli.run(main), flags_parser=_parse_flags)
+  cli.run(main, flags_parser=_parse_flags)

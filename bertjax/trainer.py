@@ -1,7 +1,8 @@
-"""The pretraining loop: state, steps, and `train_and_evaluate`.
+"""The pretraining loop: optimizer, state, steps, and `train_and_evaluate`.
 
-Owns: deriving run quantities from the config (once), creating the sharded
-train state, the pure `train_step` / `eval_step`, and the loop that feeds
+Owns: deriving run quantities from the config (once), the optimizer and its
+schedule, creating the sharded train state, the pure `train_step` and
+`eval_step`, the model FLOPs behind `perf/mfu`, and the loop that feeds
 batches, logs, evaluates, checkpoints, resumes and stops cleanly on SIGTERM
 or a non-finite loss. It is the only place where host batches become global
 device arrays (`jax.make_array_from_process_local_data`).
@@ -14,8 +15,8 @@ the big batch's gradient (up to float summation order).
 
 import dataclasses
 import functools
+import json
 import os
-import signal
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -27,12 +28,13 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from clu import periodic_actions
 from etils import epath
 from flax.training import train_state
 from jax.experimental import multihost_utils
 
-from bertjax import checkpoint, flops, model, optimizer, reporting, sharding
-from data_pipeline import masking, pipeline, prepare
+from bertjax import model, sharding, workdir
+from data_pipeline import examples, pipeline, records
 
 TrainState = train_state.TrainState
 Batch = Mapping[str, Any]
@@ -49,11 +51,8 @@ class RunShape:
   global_batch: int
   per_host_batch: int
   micro_batches: int
-  micro_batch: int
   total_steps: int
-  data_parallel: int
   num_devices: int
-  process_count: int
 
 
 def compute_run_shape(
@@ -85,15 +84,16 @@ def compute_run_shape(
     raise TrainingError(
       f'num_train_steps must be >= 1, got {config.num_train_steps}'
     )
+  if config.nan_policy not in ('stop', 'skip'):
+    raise TrainingError(
+      f'nan_policy {config.nan_policy!r} is not one of stop, skip'
+    )
   return RunShape(
     global_batch=global_batch,
     per_host_batch=global_batch // process_count,
     micro_batches=micro,
-    micro_batch=global_batch // micro,
     total_steps=int(config.num_train_steps),
-    data_parallel=data_parallel,
     num_devices=jax.device_count(),
-    process_count=process_count,
   )
 
 
@@ -120,54 +120,102 @@ def get_model_config(
   return bert
 
 
-def get_optimizer_config(
+# ---------------------------------------------------------------------------
+# Optimizer.
+
+# Parameter names that never get weight decay: BERT excludes LayerNorm and
+# every bias ("LayerNorm", "layer_norm", "bias" in the original's regex).
+_NO_DECAY_NAMES = ('bias', 'scale', 'output_bias')
+
+
+def decay_mask(params: Any) -> Any:
+  """True for parameters that get weight decay (kernels and embeddings)."""
+
+  def decays(path, _):
+    names = [getattr(k, 'key', getattr(k, 'name', '')) for k in path]
+    names = [n for n in names if n and n != 'value']
+    return not (names and names[-1] in _NO_DECAY_NAMES)
+
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def create_optimizer(
   config: ml_collections.ConfigDict,
-) -> optimizer.OptimizerConfig:
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optimizer of `config.optim`, and its schedule (for logging).
+
+  Linear warmup to `learning_rate`, then polynomial decay to
+  `end_learning_rate` over `decay_steps` (default: the run's steps); AdamW
+  or LAMB with weight decay masked off LayerNorm parameters and biases (as
+  in google-research/bert `optimization.py`); global-norm clipping first.
+
+  Raises:
+    TrainingError: an unknown optimizer or a bad schedule.
+  """
   o = config.optim
-  return optimizer.OptimizerConfig(
-    name=o.name,
-    learning_rate=o.learning_rate,
-    warmup_steps=o.warmup_steps,
-    total_steps=o.decay_steps or config.num_train_steps,
-    end_learning_rate=o.end_learning_rate,
-    decay_power=o.decay_power,
-    b1=o.b1,
-    b2=o.b2,
-    eps=o.eps,
-    weight_decay=o.weight_decay,
-    grad_clip_norm=o.grad_clip_norm,
+  total = int(o.decay_steps or config.num_train_steps)
+  if o.name not in ('adamw', 'lamb'):
+    raise TrainingError(f'optim.name {o.name!r} is not one of adamw, lamb')
+  if o.learning_rate <= 0 or o.warmup_steps < 0 or total < 1:
+    raise TrainingError(
+      f'optim.learning_rate ({o.learning_rate}) must be > 0, warmup_steps '
+      f'({o.warmup_steps}) >= 0 and decay steps ({total}) >= 1'
+    )
+  warmup = min(int(o.warmup_steps), total)
+  schedule = optax.polynomial_schedule(
+    init_value=o.learning_rate,
+    end_value=o.end_learning_rate,
+    power=o.decay_power,
+    transition_steps=max(total - warmup, 1),
   )
+  if warmup:
+    ramp = optax.linear_schedule(0.0, o.learning_rate, warmup)
+    schedule = optax.join_schedules([ramp, schedule], [warmup])
+  adam = dict(b1=o.b1, b2=o.b2, eps=o.eps)
+  if o.name == 'adamw':
+    tx = optax.adamw(
+      schedule, **adam, weight_decay=o.weight_decay, mask=decay_mask
+    )
+  else:
+    # optax.lamb applies the trust ratio to every parameter; the LAMB paper's
+    # BERT recipe (and the TF Model Garden LAMB) exclude LayerNorm and biases
+    # from layer adaptation as well as from weight decay.
+    tx = optax.chain(
+      optax.scale_by_adam(**adam),
+      optax.add_decayed_weights(o.weight_decay, mask=decay_mask),
+      optax.masked(optax.scale_by_trust_ratio(), decay_mask),
+      optax.scale_by_learning_rate(schedule),
+    )
+  if o.grad_clip_norm > 0:
+    tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
+  return tx, schedule
+
+
+# ---------------------------------------------------------------------------
+# State and steps.
 
 
 def get_batch_shapes(
   batch_size: int, seq_len: int, num_predictions: int
 ) -> dict[str, jax.ShapeDtypeStruct]:
   """Abstract global batch: what the train step is compiled for."""
-  i32, f32 = jnp.int32, jnp.float32
+  sequence = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32)
+  predictions = jax.ShapeDtypeStruct((batch_size, num_predictions), jnp.int32)
   return dict(
-    input_ids=jax.ShapeDtypeStruct((batch_size, seq_len), i32),
-    input_mask=jax.ShapeDtypeStruct((batch_size, seq_len), i32),
-    segment_ids=jax.ShapeDtypeStruct((batch_size, seq_len), i32),
-    masked_lm_positions=jax.ShapeDtypeStruct(
-      (batch_size, num_predictions), i32
-    ),
-    masked_lm_ids=jax.ShapeDtypeStruct((batch_size, num_predictions), i32),
-    masked_lm_weights=jax.ShapeDtypeStruct((batch_size, num_predictions), f32),
-    next_sentence_labels=jax.ShapeDtypeStruct((batch_size,), i32),
+    input_ids=sequence,
+    input_mask=sequence,
+    segment_ids=sequence,
+    masked_lm_positions=predictions,
+    masked_lm_ids=predictions,
+    masked_lm_weights=jax.ShapeDtypeStruct(predictions.shape, jnp.float32),
+    next_sentence_labels=jax.ShapeDtypeStruct((batch_size,), jnp.int32),
   )
 
 
-def _state_init_fn(module: model.BertForPreTraining, tx):
-  """`key -> TrainState` of randomly initialised params."""
-  dummy = jnp.zeros((1, 8), jnp.int32)
-
-  def init(key):
-    params = module.init(
-      key, dummy, masked_lm_positions=jnp.zeros((1, 1), jnp.int32)
-    )['params']
-    return TrainState.create(apply_fn=module.apply, params=params, tx=tx)
-
-  return init
+def _init_state_fn(module: model.BertForPreTraining, tx):
+  """`key -> TrainState` of freshly initialised (boxed) params."""
+  create = functools.partial(TrainState.create, apply_fn=module.apply, tx=tx)
+  return lambda key: create(params=model.init_params(module.config, key))
 
 
 def abstract_train_state(
@@ -181,13 +229,11 @@ def abstract_train_state(
   What `jax.jit(train_step).lower(...)` needs to compile the step ahead of
   time for a mesh (for instance a TPU topology described on a CPU host).
   """
-  init = _state_init_fn(module, tx)
-  abstract = jax.eval_shape(init, jax.random.key(0))
-  shardings = sharding.get_shardings(abstract, mesh, rules)
+  abstract = jax.eval_shape(_init_state_fn(module, tx), jax.random.key(0))
   return jax.tree.map(
     lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
     nn.unbox(abstract),
-    shardings,
+    sharding.get_shardings(abstract, mesh, rules),
   )
 
 
@@ -199,39 +245,25 @@ def create_train_state(
   rng: jax.Array,
   init_params: Any = None,
 ) -> tuple[TrainState, Any]:
-  """A train state born sharded over the mesh.
+  """A train state born sharded over the mesh, and its NamedSharding tree.
 
-  Args:
-    module: the model.
-    tx: the optimizer.
-    mesh: device mesh.
-    rules: logical-axis rules.
-    rng: init key.
-    init_params: optional pretrained params (unboxed) to start from; they
-      must match the model's shapes.
-
-  Returns:
-    (state, its NamedSharding tree).
+  `init_params`, optional pretrained (unboxed) params of the model's shapes,
+  replace the fresh ones initialised from `rng`.
   """
-  init = _state_init_fn(module, tx)
+  init = _init_state_fn(module, tx)
   if init_params is None:
     return sharding.create_sharded(init, mesh, rules, rng)
-  abstract = jax.eval_shape(init, rng)
-  shardings = sharding.get_shardings(abstract, mesh, rules)
+  shardings = sharding.get_shardings(jax.eval_shape(init, rng), mesh, rules)
   # Every process holds the whole params; each device takes its shard, which
   # also works when the mesh spans processes.
-  host = jax.device_get(init_params)
   params = jax.tree.map(
     lambda x, s: jax.make_array_from_callback(x.shape, s, lambda i: x[i]),
-    host,
+    jax.device_get(init_params),
     shardings.params,
   )
-
-  def init_from(params):
-    return TrainState.create(apply_fn=module.apply, params=params, tx=tx)
-
+  create = functools.partial(TrainState.create, apply_fn=module.apply, tx=tx)
   with jax.set_mesh(mesh):
-    state = jax.jit(init_from, out_shardings=shardings)(params)
+    state = jax.jit(lambda p: create(params=p), out_shardings=shardings)(params)
   return state, shardings
 
 
@@ -247,34 +279,27 @@ def compute_loss_sums(
     use_nsp: whether NSP counts.
 
   Returns:
-    float32 scalars: mlm_loss_sum, mlm_weight, mlm_correct, nsp_loss_sum,
-    nsp_correct, nsp_count.
+    float32 scalars: mlm_loss_sum, mlm_weight, mlm_correct, and with NSP
+    nsp_loss_sum, nsp_correct, nsp_count.
   """
+  labels = batch['next_sentence_labels']
   example = batch.get('example_mask')
-  example = (
-    jnp.ones(batch['next_sentence_labels'].shape, jnp.float32)
-    if example is None
-    else example.astype(jnp.float32)
-  )
+  if example is None:
+    example = jnp.ones(labels.shape)
+  example = example.astype(jnp.float32)
   weights = batch['masked_lm_weights'].astype(jnp.float32) * example[:, None]
-  mlm_logits = logits['mlm_logits']
-  mlm_xent = optax.softmax_cross_entropy_with_integer_labels(
-    mlm_logits, batch['masked_lm_ids']
-  )
-  mlm_hit = jnp.argmax(mlm_logits, -1) == batch['masked_lm_ids']
+  xent = optax.softmax_cross_entropy_with_integer_labels
+  mlm_logits, mlm_ids = logits['mlm_logits'], batch['masked_lm_ids']
+  mlm_hit = jnp.argmax(mlm_logits, -1) == mlm_ids
   sums = dict(
-    mlm_loss_sum=jnp.sum(mlm_xent * weights),
+    mlm_loss_sum=jnp.sum(xent(mlm_logits, mlm_ids) * weights),
     mlm_weight=jnp.sum(weights),
     mlm_correct=jnp.sum(mlm_hit * weights),
   )
   if use_nsp:
-    labels = batch['next_sentence_labels']
     nsp_logits = logits['nsp_logits']
-    nsp_xent = optax.softmax_cross_entropy_with_integer_labels(
-      nsp_logits, labels
-    )
     sums.update(
-      nsp_loss_sum=jnp.sum(nsp_xent * example),
+      nsp_loss_sum=jnp.sum(xent(nsp_logits, labels) * example),
       nsp_correct=jnp.sum((jnp.argmax(nsp_logits, -1) == labels) * example),
       nsp_count=jnp.sum(example),
     )
@@ -311,10 +336,9 @@ def train_step(
     batch: global arrays `[global_batch, ...]` (see `get_batch_shapes`).
     rng: base key; the step is folded in so every step drops out afresh and
       a resumed run repeats the same randomness.
-    module: the model (bound with functools.partial, not traced).
-    schedule: learning-rate schedule, for the metric.
+    module, schedule, use_nsp: bound with functools.partial, not traced; the
+      schedule gives the learning-rate metric.
     micro_batches: sequential micro-batches (gradient accumulation).
-    use_nsp: whether the NSP loss counts.
     nan_policy: 'stop' applies the update regardless (the host stops);
       'skip' keeps the old state when the loss is not finite.
 
@@ -341,25 +365,18 @@ def train_step(
       lambda x: x.reshape(micro_batches, -1, *x.shape[1:]), batch
     )
     keys = jax.random.split(step_rng, micro_batches)
-    zero_grads = jax.tree.map(jnp.zeros_like, state.params)
 
     def accumulate(carry, xs):
-      grads_acc, loss_acc, sums_acc = carry
-      micro_batch, key = xs
-      (loss, sums), grads = grad_fn(state.params, micro_batch, key)
-      grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
-      sums_acc = jax.tree.map(jnp.add, sums_acc, sums)
-      return (grads_acc, loss_acc + loss, sums_acc), None
+      (loss, sums), grads = grad_fn(state.params, *xs)
+      return jax.tree.map(jnp.add, carry, (grads, loss, sums)), None
 
     first = jax.tree.map(lambda x: x[0], micro)
-    zero_sums = jax.tree.map(
+    (loss, sums), grads = jax.tree.map(
       lambda s: jnp.zeros(s.shape, s.dtype),
-      jax.eval_shape(lambda: grad_fn(state.params, first, step_rng)[0][1]),
+      jax.eval_shape(grad_fn, state.params, first, step_rng),
     )
     (grads, loss, sums), _ = jax.lax.scan(
-      accumulate,
-      (zero_grads, jnp.zeros((), jnp.float32), zero_sums),
-      (micro, keys),
+      accumulate, (grads, loss, sums), (micro, keys)
     )
   new_state = state.apply_gradients(grads=grads)
   finite = jnp.isfinite(loss)
@@ -422,10 +439,11 @@ def eval_step(
 
 def summarize(sums: Mapping[str, float], prefix: str) -> dict[str, float]:
   """Normalises metric sums on the host (`train/mlm_loss`, ...)."""
-  out = {}
   mlm_weight = max(float(sums['mlm_weight']), 1e-8)
-  out[f'{prefix}/mlm_loss'] = sums['mlm_loss_sum'] / mlm_weight
-  out[f'{prefix}/mlm_accuracy'] = sums['mlm_correct'] / mlm_weight
+  out = {
+    f'{prefix}/mlm_loss': sums['mlm_loss_sum'] / mlm_weight,
+    f'{prefix}/mlm_accuracy': sums['mlm_correct'] / mlm_weight,
+  }
   loss = out[f'{prefix}/mlm_loss']
   if 'nsp_count' in sums:
     nsp_count = max(float(sums['nsp_count']), 1e-8)
@@ -436,28 +454,125 @@ def summarize(sums: Mapping[str, float], prefix: str) -> dict[str, float]:
   return {k: float(v) for k, v in out.items()}
 
 
-class _Preemption:
-  """Turns SIGTERM into a flag the loop checks after each step."""
+# ---------------------------------------------------------------------------
+# Model FLOPs utilisation.
+
+# Dense bf16 peak FLOP/s per device, from the vendors' data sheets. Keys are
+# matched as substrings of `jax.Device.device_kind` (lower-cased), longest
+# first.
+PEAK_FLOPS_PER_DEVICE = {
+  'tpu v2': 45e12,
+  'tpu v3': 123e12,
+  'tpu v4': 275e12,
+  'tpu v5 lite': 197e12,
+  'tpu v5e': 197e12,
+  'tpu v5p': 459e12,
+  'tpu v5': 459e12,
+  'tpu v6 lite': 918e12,
+  'tpu v6e': 918e12,
+  'tpu7x': 2307e12,
+  'h100': 989e12,
+  'h200': 989e12,
+  'h800': 989e12,
+  'b200': 2250e12,
+  'a100': 312e12,
+  'a10g': 125e12,
+  'l4': 121e12,
+  'v100': 125e12,
+  't4': 65e12,
+}
+
+
+def get_peak_flops_per_device(device_kind: str, override: float = 0.0) -> float:
+  """Peak FLOP/s of one device: `override` if > 0, else the data sheet's,
+  else 0 (unknown: MFU is then not reported)."""
+  if override > 0:
+    return float(override)
+  kind = device_kind.lower()
+  keys = sorted(PEAK_FLOPS_PER_DEVICE, key=len, reverse=True)
+  return next((PEAK_FLOPS_PER_DEVICE[k] for k in keys if k in kind), 0.0)
+
+
+def get_train_flops_per_example(
+  config: model.BertConfig, seq_len: int, num_masked: int, nsp: bool = True
+) -> float:
+  """Matmul FLOPs of one training example, forward and backward.
+
+  Matmuls only, 2 per multiply-add, as MFU conventionally counts: the
+  bidirectional attention in full (no causal halving) and the MLM decoder
+  only at the masked positions, as the model computes it. Training is 3x
+  the forward pass.
+
+  `seq_len` includes padding (it is computed); `num_masked` is
+  max_predictions_per_seq.
+  """
+  h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
+  per_token_layer = (
+    2 * 4 * h * h  # query, key, value and output projections
+    + 2 * 2 * h * i  # feed-forward in and out
+    + 2 * 2 * seq_len * h  # scores QK^T and the weighted sum of V
+  )
+  encoder = config.num_hidden_layers * seq_len * per_token_layer
+  pooler = 2 * h * h
+  mlm = num_masked * (2 * h * h + 2 * h * v)
+  nsp_head = 2 * h * 2 if nsp else 0
+  return 3.0 * (encoder + pooler + mlm + nsp_head)
+
+
+class _Window:
+  """Metric sums and timings since the last metric write."""
+
+  _SUMMED = (
+    'mlm_loss_sum',
+    'mlm_weight',
+    'mlm_correct',
+    'nsp_loss_sum',
+    'nsp_correct',
+    'nsp_count',
+    'tokens',
+  )
 
   def __init__(self):
-    self.requested = False
-    self._previous = None
+    self.sums: dict[str, float] = {}
+    self.steps = 0
+    self.step_time = self.data_time = 0.0
+    self.last: dict[str, float] = {}
 
-  def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # Not the main thread (e.g. inside a test runner).
-      self._previous = None
-    return self
+  def add(self, metrics: Mapping[str, Any], step_s: float, data_s: float):
+    for key in self._SUMMED:
+      if key in metrics:
+        self.sums[key] = self.sums.get(key, 0.0) + float(metrics[key])
+    self.last = {k: float(v) for k, v in metrics.items()}
+    self.steps += 1
+    # The first step of a run includes compilation; it still counts, but
+    # later windows show the steady state.
+    self.step_time += step_s
+    self.data_time += data_s
 
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning('SIGTERM: finishing this step, saving, exiting.')
-    self.requested = True
+  def summarize(self, global_batch, num_devices, flops_per_example, peak):
+    out = summarize(self.sums, 'train')
+    step_s = self.step_time / self.steps
+    examples_per_s = global_batch / step_s
+    tflops = examples_per_s * flops_per_example / num_devices / 1e12
+    out.update(
+      {
+        'train/learning_rate': self.last['learning_rate'],
+        'train/grad_norm': self.last['grad_norm'],
+        'train/param_norm': self.last['param_norm'],
+        'perf/step_time_s': step_s,
+        'perf/data_wait_s': self.data_time / self.steps,
+        'perf/examples_per_s': examples_per_s,
+        'perf/tokens_per_s': self.sums.get('tokens', 0.0) / self.step_time,
+        'perf/tflops_per_device': tflops,
+      }
+    )
+    if peak > 0:
+      out['perf/mfu'] = tflops * 1e12 / peak
+    return out
 
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+
+# ---------------------------------------------------------------------------
+# The loop.
 
 
 def _every(step: int, every: int, total: int) -> bool:
@@ -465,26 +580,26 @@ def _every(step: int, every: int, total: int) -> bool:
   return step == total or (every > 0 and step % every == 0)
 
 
-def _make_global(batch: Batch, shardings) -> dict[str, jax.Array]:
+def _make_global(batch: Batch, batch_sharding) -> dict[str, jax.Array]:
   """Host-local numpy batches -> global arrays sharded over the batch axis."""
   return {
-    k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v))
+    k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
     for k, v in batch.items()
   }
 
 
-def data_pipeline_config(
-  config, data_files: prepare.PreparedData, per_host_batch: int
+def pipeline_config(
+  config, data: records.PreparedData, per_host_batch: int
 ) -> pipeline.PipelineConfig:
   """The input pipeline of a run: `config.data` over the prepared files."""
   d = config.data
   return pipeline.PipelineConfig(
-    train_file_patterns=tuple(data_files.train_patterns),
-    eval_file_patterns=tuple(data_files.eval_patterns),
-    tokenizer_path=data_files.tokenizer_path,
+    train_file_patterns=data.train_patterns,
+    eval_file_patterns=data.eval_patterns,
+    tokenizer_path=data.tokenizer_path,
     per_host_batch_size=per_host_batch,
     max_seq_length=config.max_seq_length,
-    mlm=masking.MaskingConfig(
+    mlm=examples.MaskingConfig(
       masked_lm_prob=d.masked_lm_prob,
       max_predictions_per_seq=d.max_predictions_per_seq,
       whole_word_mask=d.whole_word_mask,
@@ -496,200 +611,185 @@ def data_pipeline_config(
 
 
 def train_and_evaluate(
-  config: ml_collections.ConfigDict, workdir: str
+  config: ml_collections.ConfigDict, workdir_path: str
 ) -> dict[str, float]:
-  """Pretrains BERT as `config` says, in (and resuming from) `workdir`.
+  """Pretrains BERT as `config` says, in (and resuming from) a workdir.
 
   Args:
     config: a recipe from `configs/` (see `configs/common.py`).
-    workdir: checkpoints, metrics.jsonl, TensorBoard events, curves PNG.
+    workdir_path: checkpoints, metrics, curves (`bertjax.workdir`).
 
   Returns:
     The last logged training metrics and the last eval metrics.
   """
-  if config.nan_policy not in ('stop', 'skip'):
-    raise TrainingError(
-      f'nan_policy {config.nan_policy!r} is not one of stop, skip'
-    )
-  _check_workdir(workdir)
+  _check_workdir(workdir_path)
   mesh = sharding.create_mesh(tuple(config.mesh.shape))
   rules = sharding.default_logical_axis_rules(config.mesh.extra_rules)
   shape = compute_run_shape(config, mesh)
-  data_files = prepare.prepare_data(
+  tx, schedule = create_optimizer(config)
+  # The model config is checked before the data is prepared (which can take
+  # minutes), with a stand-in for the vocabulary size the data decides.
+  get_model_config(config, vocab_size=1)
+  is_writer = jax.process_index() == 0
+  data = records.prepare_data(
     config.data,
     max_seq_length=config.max_seq_length,
-    cache_dir=os.path.join(workdir, 'data'),
-    is_writer=jax.process_index() == 0,
+    cache_dir=os.path.join(workdir_path, 'data'),
+    is_writer=is_writer,
     barrier=_barrier,
   )
-  tokenizer_vocab_size = data_files.vocab_size
-  bert_config = get_model_config(config, tokenizer_vocab_size)
+  bert_config = get_model_config(config, data.vocab_size)
   module = model.BertForPreTraining(bert_config)
-  opt_config = get_optimizer_config(config)
-  tx, schedule = optimizer.create_optimizer(opt_config)
   use_nsp = bool(config.data.nsp)
-
-  # Created after every input is validated: the manager starts background
-  # threads that an early error would leave behind at interpreter exit.
-  ckpt = checkpoint.TrainCheckpointer(
-    workdir,
-    keep=config.keep_checkpoints,
-    config=config,
-    model_config=bert_config,
-    tokenizer_path=data_files.tokenizer_path,
-  )
-  rng = jax.random.key(config.seed)
-  init_rng, dropout_rng = jax.random.split(rng)
+  init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
   init_params = None
   if config.model.init_from:
-    init_params = checkpoint.load_pretrained_params(
+    # The readers of other formats are needed only here.
+    from bertjax import pretrained
+
+    init_params = pretrained.load_params_for(
       config.model.init_from, bert_config
     )
   state, state_shardings = create_train_state(
     module, tx, mesh, rules, init_rng, init_params
   )
-
-  data_config = data_pipeline_config(config, data_files, shape.per_host_batch)
+  data_config = pipeline_config(config, data, shape.per_host_batch)
   train_iter = pipeline.create_train_iterator(
     data_config, jax.process_index(), jax.process_count()
   )
-  state, start_step = ckpt.restore_latest(state, train_iter)
-  if start_step:
-    logging.info('Resumed from step %d in %s', start_step, workdir)
-
-  batch_shapes = get_batch_shapes(
-    shape.global_batch,
-    config.max_seq_length,
-    config.data.max_predictions_per_seq,
+  # Created after every input is checked: the manager starts threads that
+  # an early error would leave behind.
+  tokenizer = data.tokenizer_path
+  checkpointer = workdir.Checkpointer(
+    workdir_path,
+    keep=config.keep_checkpoints,
+    meta=dict(
+      config=json.loads(config.to_json_best_effort()),
+      model=bert_config.to_dict(),
+      tokenizer=tokenizer if '://' in tokenizer else os.path.abspath(tokenizer),
+    ),
   )
-  batch_sharding = sharding.batch_sharding(mesh)
-  batch_shardings = {k: batch_sharding for k in batch_shapes}
-  step_fn = jit_train_step(
-    module,
-    schedule,
-    micro_batches=shape.micro_batches,
-    use_nsp=use_nsp,
-    nan_policy=config.nan_policy,
-    state_shardings=state_shardings,
-    batch_shardings=batch_shardings,
-  )
-  eval_fn = jax.jit(
-    functools.partial(eval_step, module=module, use_nsp=use_nsp),
-    in_shardings=(state_shardings.params, None),
-  )
-
-  writer = reporting.MetricsWriter(workdir, enabled=jax.process_index() == 0)
-  flops_per_example = flops.get_train_flops_per_example(
-    bert_config,
-    config.max_seq_length,
-    config.data.max_predictions_per_seq,
-    use_nsp,
-  )
-  device_kind = jax.devices()[0].device_kind
-  peak = flops.get_peak_flops_per_device(
-    device_kind, config.perf.peak_flops_per_device
-  )
-  logging.info(
-    'Model %s (%.1fM params), mesh %s, global batch %d (%d per host, %d '
-    'micro-batches), %d steps from step %d, %s x %d',
-    config.model.size,
-    sum(x.size for x in jax.tree.leaves(state.params)) / 1e6,
-    dict(mesh.shape),
-    shape.global_batch,
-    shape.per_host_batch,
-    shape.micro_batches,
-    shape.total_steps,
-    start_step,
-    device_kind,
-    shape.num_devices,
-  )
-
-  def run_eval(params) -> dict[str, float]:
-    if not data_files.eval_patterns:
-      return {}
-    eval_iter = pipeline.create_eval_iterator(
-      data_config, jax.process_index(), jax.process_count()
+  try:
+    state, start_step = checkpointer.restore_latest(state, train_iter)
+    if start_step:
+      logging.info('Resumed from step %d in %s', start_step, workdir_path)
+    batch_sharding = sharding.batch_sharding(mesh)
+    step_fn = jit_train_step(
+      module,
+      schedule,
+      micro_batches=shape.micro_batches,
+      use_nsp=use_nsp,
+      nan_policy=config.nan_policy,
+      state_shardings=state_shardings,
+      batch_shardings=batch_sharding,
     )
-    totals = None
-    for i, batch in enumerate(eval_iter):
-      if config.eval_steps and i >= config.eval_steps:
-        break
-      batch.pop('corrupt_files', None)
-      shardings = {k: batch_sharding for k in batch}
-      with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        sums = eval_fn(params, _make_global(batch, shardings))
-      sums = jax.device_get(sums)
-      totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
-    return summarize(totals, 'eval') if totals else {}
+    eval_fn = jax.jit(
+      functools.partial(eval_step, module=module, use_nsp=use_nsp),
+      in_shardings=(state_shardings.params, batch_sharding),
+    )
+    writer = workdir.create_metric_writer(workdir_path, is_writer)
+    report_progress = periodic_actions.ReportProgress(
+      num_train_steps=shape.total_steps,
+      every_steps=config.log_every_steps,
+      every_secs=None,
+    )
+    flops_per_example = get_train_flops_per_example(
+      bert_config,
+      config.max_seq_length,
+      config.data.max_predictions_per_seq,
+      use_nsp,
+    )
+    device_kind = jax.devices()[0].device_kind
+    peak = get_peak_flops_per_device(
+      device_kind, config.perf.peak_flops_per_device
+    )
+    logging.info(
+      'Model %s (%.1fM params), mesh %s, global batch %d (%d per host, %d '
+      'micro-batches), %d steps from step %d, %s x %d',
+      config.model.size,
+      sum(x.size for x in jax.tree.leaves(state.params)) / 1e6,
+      dict(mesh.shape),
+      shape.global_batch,
+      shape.per_host_batch,
+      shape.micro_batches,
+      shape.total_steps,
+      start_step,
+      device_kind,
+      shape.num_devices,
+    )
 
-  step = start_step
-  window = _Window()
-  last_train: dict[str, float] = {}
-  last_eval: dict[str, float] = {}
-  with (
-    _Preemption() as preemption,
-    jax.set_mesh(mesh),
-    nn.logical_axis_rules(rules),
-  ):
-    while step < shape.total_steps:
-      t0 = time.perf_counter()
-      host_batch = next(train_iter)
-      host_batch.pop('corrupt_files', None)
-      batch = _make_global(host_batch, batch_shardings)
-      t1 = time.perf_counter()
-      state, metrics = step_fn(state, batch, dropout_rng)
-      step += 1
-      # Fetching this step's metrics waits for it; on accelerators the next
-      # batch is already being prepared by tf.data's prefetch meanwhile.
-      metrics = jax.device_get(metrics)
-      window.add(metrics, time.perf_counter() - t0, t1 - t0)
-      if not metrics['finite']:
-        latest = ckpt.latest_step()
-        message = f'non-finite loss ({metrics["loss"]}) at step {step}; ' + (
-          f'the last good checkpoint is step {latest}'
-          if latest is not None
-          else 'no checkpoint was saved before it'
+    def run_eval(params) -> dict[str, float]:
+      if not data.eval_patterns:
+        return {}
+      eval_iter = pipeline.create_eval_iterator(
+        data_config, jax.process_index(), jax.process_count()
+      )
+      totals = None
+      for i, batch in enumerate(eval_iter):
+        if config.eval_steps and i >= config.eval_steps:
+          break
+        sums = jax.device_get(
+          eval_fn(params, _make_global(batch, batch_sharding))
         )
-        if config.nan_policy == 'stop':
-          ckpt.wait()
-          raise TrainingError(message)
-        logging.warning('Skipped the update of step %d: %s', step, message)
-      if _every(step, config.log_every_steps, shape.total_steps):
-        last_train = window.summarize(shape, flops_per_example, peak)
-        writer.write(step, last_train)
-        eta = (shape.total_steps - step) * last_train['perf/step_time_s']
-        logging.info(
-          reporting.format_console_line(
-            step, shape.total_steps, last_train, eta
+        totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+      return summarize(totals, 'eval') if totals else {}
+
+    step = start_step
+    window = _Window()
+    last_train: dict[str, float] = {}
+    last_eval: dict[str, float] = {}
+    with (
+      workdir.Preemption() as preemption,
+      jax.set_mesh(mesh),
+      nn.logical_axis_rules(rules),
+    ):
+      while step < shape.total_steps:
+        t0 = time.perf_counter()
+        batch = _make_global(next(train_iter), batch_sharding)
+        t1 = time.perf_counter()
+        state, metrics = step_fn(state, batch, dropout_rng)
+        step += 1
+        # Fetching this step's metrics waits for it; on accelerators the
+        # next batch is already being prepared by tf.data's prefetch.
+        metrics = jax.device_get(metrics)
+        window.add(metrics, time.perf_counter() - t0, t1 - t0)
+        report_progress(step)
+        if not metrics['finite']:
+          latest = checkpointer.latest_step()
+          message = f'non-finite loss ({metrics["loss"]}) at step {step}; ' + (
+            f'the last good checkpoint is step {latest}'
+            if latest is not None
+            else 'no checkpoint was saved before it'
           )
-        )
-        window = _Window()
-      if _every(step, config.eval_every_steps, shape.total_steps):
-        last_eval = run_eval(state.params)
-        if last_eval:
-          writer.write(step, last_eval)
-          logging.info(
-            'eval at step %d: %s',
-            step,
-            ', '.join(f'{k} {v:.4f}' for k, v in last_eval.items()),
+          if config.nan_policy == 'stop':
+            raise TrainingError(message)
+          logging.warning('Skipped the update of step %d: %s', step, message)
+        if _every(step, config.log_every_steps, shape.total_steps):
+          last_train = window.summarize(
+            shape.global_batch, shape.num_devices, flops_per_example, peak
           )
-      if preemption.requested or _every(
-        step, config.checkpoint_every_steps, shape.total_steps
-      ):
-        ckpt.save(step, state, train_iter)
-      if preemption.requested:
-        logging.warning('Saved step %d after SIGTERM; exiting.', step)
-        break
-  ckpt.wait()
-  ckpt.close()
-  writer.flush()
-  writer.close()
+          writer.write_scalars(step, last_train)
+          window = _Window()
+        if _every(step, config.eval_every_steps, shape.total_steps):
+          last_eval = run_eval(state.params)
+          if last_eval:
+            writer.write_scalars(step, last_eval)
+        if preemption.requested or _every(
+          step, config.checkpoint_every_steps, shape.total_steps
+        ):
+          checkpointer.save(step, state, train_iter)
+        if preemption.requested:
+          logging.warning('Saved step %d after SIGTERM; exiting.', step)
+          break
+    writer.close()
+  finally:
+    checkpointer.close()
   logging.info(
     'Finished at step %d; params checksum %s',
     step,
     _params_checksum(state.params),
   )
-  if data_files.majority_token_accuracy and 'train/mlm_accuracy' in last_train:
+  if 'train/mlm_accuracy' in last_train:
     logging.info(
       'MLM accuracy %.4f (train, last %d steps)%s against %.4f for always '
       'predicting the most frequent token',
@@ -698,14 +798,11 @@ def train_and_evaluate(
       f', {last_eval["eval/mlm_accuracy"]:.4f} (eval)'
       if 'eval/mlm_accuracy' in last_eval
       else '',
-      data_files.majority_token_accuracy,
+      data.majority_token_accuracy,
     )
-  if jax.process_index() == 0:
-    reporting.plot_learning_curves(
-      workdir,
-      {'most frequent token': data_files.majority_token_accuracy}
-      if data_files.majority_token_accuracy
-      else None,
+  if is_writer:
+    workdir.plot_learning_curves(
+      workdir_path, {'most frequent token': data.majority_token_accuracy}
     )
   return {**last_train, **last_eval}
 
@@ -716,16 +813,16 @@ def _barrier(name: str) -> None:
     multihost_utils.sync_global_devices(f'bertjax:{name}')
 
 
-def _check_workdir(workdir: str) -> None:
+def _check_workdir(path: str) -> None:
   """Fails early, in one line, when the workdir cannot be written."""
-  path = epath.Path(workdir)
+  path = epath.Path(path)
   try:
     path.mkdir(parents=True, exist_ok=True)
     probe = path / f'.write_probe_{jax.process_index()}'
     probe.write_text('ok')
     probe.unlink()
   except (OSError, ValueError) as e:
-    raise TrainingError(f'workdir {workdir} is not writable: {e}') from None
+    raise TrainingError(f'workdir {path} is not writable: {e}') from None
 
 
 def _params_checksum(params: Any) -> str:
@@ -743,55 +840,3 @@ def _params_checksum(params: Any) -> str:
   total = sum(float(x.sum()) for x in leaves)
   squares = sum(float((x * x).sum()) for x in leaves)
   return f'sum={total:.10e} sumsq={squares:.10e}'
-
-
-class _Window:
-  """Metric sums and timings since the last log line."""
-
-  def __init__(self):
-    self.sums: dict[str, float] = {}
-    self.steps = 0
-    self.step_time = 0.0
-    self.data_time = 0.0
-    self.last: dict[str, float] = {}
-
-  def add(self, metrics: Mapping[str, Any], step_s: float, data_s: float):
-    for key in (
-      'mlm_loss_sum',
-      'mlm_weight',
-      'mlm_correct',
-      'nsp_loss_sum',
-      'nsp_correct',
-      'nsp_count',
-      'tokens',
-    ):
-      if key in metrics:
-        self.sums[key] = self.sums.get(key, 0.0) + float(metrics[key])
-    self.last = {k: float(v) for k, v in metrics.items()}
-    self.steps += 1
-    # The first step of a run includes compilation; it still counts, but
-    # later windows show the steady state.
-    self.step_time += step_s
-    self.data_time += data_s
-
-  def summarize(self, shape, flops_per_example, peak):
-    out = summarize(self.sums, 'train')
-    step_s = self.step_time / max(self.steps, 1)
-    examples_per_s = shape.global_batch / step_s
-    tflops = examples_per_s * flops_per_example / shape.num_devices / 1e12
-    out.update(
-      {
-        'train/learning_rate': self.last['learning_rate'],
-        'train/grad_norm': self.last['grad_norm'],
-        'train/param_norm': self.last['param_norm'],
-        'perf/step_time_s': step_s,
-        'perf/data_wait_s': self.data_time / max(self.steps, 1),
-        'perf/examples_per_s': examples_per_s,
-        'perf/tokens_per_s': self.sums.get('tokens', 0.0)
-        / max(self.step_time, 1e-9),
-        'perf/tflops_per_device': tflops,
-      }
-    )
-    if peak > 0:
-      out['perf/mfu'] = tflops * 1e12 / peak
-    return out

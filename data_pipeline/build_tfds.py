@@ -1,11 +1,9 @@
 r"""Turns local text files into a TFDS dataset, offline.
 
-This module owns the TFDS builder of the project: `TextDocumentsBuilder`, a
-`tfds.core.GeneratorBasedBuilder` whose examples are the documents that
-`data_pipeline.documents` reads from any of its formats (BERT format, a
-document per line or per file, JSONL, CSV), with the same accounting of bad
-input. Each example is `{'text': the document's sentences, one per line}`,
-in a single `train` split.
+This module owns the project's TFDS builder, `TextDocumentsBuilder`: its
+examples are the documents `data_pipeline.documents` reads from any of its
+formats, with the same accounting of bad input, each `{'text': the
+document's sentences, one per line}`, in a single `train` split.
 
   python -m data_pipeline.build_tfds --input_files='corpus/*.txt' \
     --data_dir=/tmp/tfds --name=my_corpus
@@ -17,9 +15,9 @@ and without a download:
   python -m data_pipeline.create_pretraining_data --tfds_name=my_corpus \
     --tfds_data_dir=/tmp/tfds ...
 
-The builder class is made per dataset name and never registered with TFDS:
-TFDS reads an unregistered dataset from its files, so one builder serves
-every corpus and a name never collides with a TFDS catalog dataset's code.
+The builder class is made per dataset name and never registered: TFDS reads
+an unregistered dataset from its files, so one builder serves every corpus
+and a name never collides with a TFDS catalog dataset.
 """
 
 import json
@@ -28,7 +26,7 @@ import types
 from collections.abc import Sequence
 
 import tensorflow_datasets as tfds
-from absl import app, flags, logging
+from absl import flags, logging
 
 from data_pipeline import documents
 
@@ -40,10 +38,7 @@ _NAME_RE = re.compile(r'^[a-z][a-z0-9_]*$')
 class TextDocumentsBuilder(
   tfds.core.GeneratorBasedBuilder, skip_registration=True
 ):
-  """Documents from local (or gs://) text files; see the module docstring.
-
-  Use `create_builder`, which names the dataset.
-  """
+  """Documents from local (or gs://) text files; made by `create_builder`."""
 
   VERSION = tfds.core.Version(DATASET_VERSION)
   RELEASE_NOTES = {
@@ -51,21 +46,13 @@ class TextDocumentsBuilder(
   }
 
   def __init__(
-    self,
-    *,
-    paths: Sequence[str],
-    options: documents.ReadOptions,
-    **kwargs,
+    self, *, paths: Sequence[str], options: documents.ReadOptions, **kwargs
   ):
-    """Args:
-    paths: input files, read in this order.
-    options: how to read them.
-    **kwargs: for `tfds.core.GeneratorBasedBuilder` (`data_dir`, ...).
-    """
+    """Reads `paths` in this order with `options`; `kwargs` go to
+    `tfds.core.GeneratorBasedBuilder` (`data_dir`, ...)."""
     self._paths = list(paths)
     self._options = options
-    # Filled while the dataset is generated.
-    self.stats = documents.Stats()
+    self.stats = documents.Stats()  # Filled while the dataset is generated.
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -94,20 +81,10 @@ def create_builder(
   data_dir: str,
   options: documents.ReadOptions | None = None,
 ) -> TextDocumentsBuilder:
-  """A builder of the dataset `name` from `paths`.
+  """A builder of the dataset `name` (lower snake case, else ValueError) from
+  `paths` (expand globs with `documents.expand_patterns`) into `data_dir`.
 
-  Args:
-    name: the TFDS dataset name, lower snake case.
-    paths: input files (expand globs with `documents.expand_patterns`).
-    data_dir: the TFDS data_dir to write to.
-    options: how to read the files; default `documents.ReadOptions()`.
-
-  Returns:
-    The builder; `download_and_prepare()` writes the dataset and fills
-    `builder.stats`.
-
-  Raises:
-    ValueError: `name` is not a valid TFDS name.
+  Its `download_and_prepare()` writes the dataset and fills `builder.stats`.
   """
   if not _NAME_RE.match(name):
     raise ValueError(f'--name must be lower snake case, not {name!r}')
@@ -119,18 +96,12 @@ def create_builder(
     lambda namespace: namespace.update(name=name),
   )
   return cls(
-    paths=paths,
-    options=options or documents.ReadOptions(),
-    data_dir=data_dir,
+    paths=paths, options=options or documents.ReadOptions(), data_dir=data_dir
   )
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-  """Defines this CLI's flags (not at import: see create_pretraining_data).
-
-  Args:
-    flag_values: where to define them.
-  """
+  """Defines this CLI's flags (not at import: see create_pretraining_data)."""
   fv = {'flag_values': flag_values}
   flags.DEFINE_list(
     'input_files', None, 'Comma-separated globs (local or gs://).', **fv
@@ -159,22 +130,14 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 def builder_from_flags(
   argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
 ) -> TextDocumentsBuilder:
-  """Checks the flags and makes the builder they describe.
-
-  Args:
-    argv: leftover command-line arguments; must be just the program name.
-    flag_values: parsed flags, as `define_flags` defines them.
-
-  Returns:
-    The builder; its `stats` already count skipped input patterns.
+  """The builder the flags describe, its `stats` counting skipped inputs.
 
   Raises:
     ValueError: a bad flag.
     FileNotFoundError: no input file.
   """
+  del argv
   fv = flag_values
-  if len(argv) > 1:
-    raise ValueError(f'unexpected arguments: {" ".join(argv[1:])}')
   if not fv.input_files or not fv.data_dir:
     raise ValueError('--input_files and --data_dir are required')
   options = documents.ReadOptions(
@@ -198,17 +161,12 @@ def build(builder: TextDocumentsBuilder) -> dict:
   return stats
 
 
+def main(argv: Sequence[str]) -> None:
+  build(builder_from_flags(argv))
+
+
 if __name__ == '__main__':
-  # Imported here: the library never imports bertjax, only its CLI does.
-  from bertjax import cli
+  from data_pipeline import cli
 
   define_flags()
-
-  def _main(argv: Sequence[str]) -> None:
-    try:
-      builder = builder_from_flags(argv)
-    except ValueError as e:
-      raise cli.UserError(str(e)) from e
-    build(builder)
-
-  app.run(cli.run(_main), flags_parser=cli.parse_flags)
+  cli.run(main)

@@ -1,12 +1,10 @@
 """The per-host `tf.data` input pipeline for BERT pretraining.
 
 This module owns reading pretraining TFRecords, sharding them across hosts,
-shuffling, batching, dynamic MLM masking (through `masking.mask_batch`), the
+shuffling, batching, dynamic MLM masking (`examples.mask_batch`), the
 exact-resume state of the training iterator and the eval split. It hands the
 trainer numpy batches; JAX never runs here, so the trainer passes
 `jax.process_index()` and `jax.process_count()` in.
-
-Public API:
 
     config = pipeline.PipelineConfig(train_file_patterns=('data/train-*',),
                                      tokenizer_path='vocab.txt', ...)
@@ -26,105 +24,68 @@ int32 (0 = IsNext, 1 = random; 0 when the records have none, as with
 `--no_nsp`). Eval batches add `example_mask` `[B]` int32, 0 for the padding
 that fills the last batches.
 
-Records. Either pre-masked records with the original BERT features (int64
-`input_ids`, `input_mask`, `segment_ids` `[L]`, `masked_lm_positions`,
-`masked_lm_ids` `[P]`, float `masked_lm_weights` `[P]`, int64
-`next_sentence_labels` `[1]`) or unmasked pair records (the same without the
-`masked_lm_*` features). Which one is read off the first record. Unmasked
-records are masked in-graph after batching, with a fresh mask every epoch;
-pre-masked ones pass through unchanged unless `config.remask`, which restores
-the original tokens and masks them afresh.
+Records hold the original BERT features (int64 `input_ids`, `input_mask`,
+`segment_ids` `[L]`, `next_sentence_labels` `[1]`), with or without masks
+(int64 `masked_lm_positions`, `masked_lm_ids` `[P]`, float
+`masked_lm_weights` `[P]`), as read off the first record. Unmasked records
+are masked after batching, afresh every epoch; masked ones pass through.
 
-Order. A pure function of the config, the files and the host (as written
-for the default `host_sharding='files'`; see "Host sharding" for 'batch'):
+Order: a pure function of the config, the files and the host (for the
+default `host_sharding='files'`; see "Host sharding" for 'batch'):
 
 1. Files matching the patterns, sorted. Host `i` of `n` reads files
    `i, i + n, ...` when there are at least `n` files; otherwise every host
-   reads all of them and keeps examples `i, i + n, ...` (example sharding).
-   Hosts with more files get more examples per epoch; training repeats, so
-   no host runs dry.
+   reads all of them and keeps examples `i, i + n, ...`. Hosts with more
+   files get more examples per epoch; training repeats, so no host runs dry.
 2. Epoch `e` permutes the host's files with a stateless shuffle seeded by
-   `(seed, e)`, reads `cycle_length` of them at a time, interleaving chunks
-   of `_CHUNK` consecutive records, and shuffles windows of
-   `shuffle_window` consecutive records, each with a stateless permutation
-   seeded by `(seed, e, window index)`. Epochs follow one another forever
-   (or for `num_epochs`); batches run across epoch boundaries.
+   `(seed, e)`, interleaves chunks of `_CHUNK` records from `_CYCLE_LENGTH`
+   files at a time, and permutes windows of `shuffle_window` consecutive
+   records, each seeded by `(seed, e, window index)`. Epochs follow one
+   another forever; batches run across epoch boundaries.
 3. The example at position `k` of the host's stream is masked with the
-   stateless seed `(seed, process_index * 2**40 + k)`, so each epoch masks
-   afresh and the mask is a function of the position alone.
+   stateless seed `(seed, process_index * 2**40 + k)`: a function of the
+   position alone, so each epoch masks afresh.
 
-Records travel in chunks and batches, never one by one (`rebatch`, not
-`unbatch` + `batch`): per-element overhead is what limits `tf.data` on a
-few cores.
+Records travel in chunks and batches (`rebatch`), never one by one:
+per-element overhead is what limits `tf.data` on a few cores.
 
-Exact resume. `save` writes the `tf.data` iterator state through
-`tf.train.Checkpoint(iterator=...)`: positions in the files, the counters,
-the part of the shuffle window not yet served and the prefetched batches.
-As everything random is a function of positions, the restored iterator
-yields exactly the batches the uninterrupted one would. Size, measured with
-batch 256 and the default window of 16384 records: 6.3 MB at seq 128,
-23 MB at seq 512 (2.8 and 10 MB with a window of 4096); saving takes
-0.1-0.2 s, restoring 0.3-0.7 s. `experimental_symbolic_checkpoint`, which
-saves positions only (18 KB here), was measured and left out: its
-per-element bookkeeping cut throughput 2-4x on this 2-core machine (TFRecord
-reading and batching: 71k against 206k records/s) and it supports neither
-`rebatch` nor `ignore_errors`. `save` also writes `prefix.json` with the
-host, the host count, the batches consumed and a fingerprint of the config
-and the files (names and sizes), and the epoch and the records of it served
-before the next batch; `restore` refuses a state saved with another config,
-other files or (with `host_sharding='files'`) another host count.
+Exact resume. `save` writes the `tf.data` iterator state (file positions,
+counters, the unserved part of the shuffle window, prefetched batches:
+megabytes, BENCHMARKS.md) and `prefix.json`: the host, the host count, the
+batches consumed, the epoch and the records of it served before the next
+batch, and a fingerprint of the config and the files (names and sizes) that
+`restore` checks. As everything random is a function of positions, the
+restored iterator yields exactly the batches the uninterrupted one would.
+`experimental_symbolic_checkpoint` (positions only) is not used: its
+per-element bookkeeping cuts throughput several-fold (BENCHMARKS.md), and it
+does not support `rebatch`.
 
 Host sharding. The global batch is the hosts' batches concatenated in host
-order, as `jax.make_array_from_process_local_data` lays it out on the data
-axis.
+order, as `jax.make_array_from_process_local_data` lays it out.
 
-- `host_sharding='files'` (the default; what pods want): host `i` of `n`
-  reads 1/n of the data, so reading scales with the hosts. The global
-  batches depend on `n`, and a state is a position in a shard that is a
-  function of `n`, so it cannot be carried over to another host count:
-  `restore` raises. To continue with another host count, build fresh
-  iterators, ideally with a new `seed`: training goes on with a new data
-  order from the start of an epoch, so the examples of the interrupted
-  epoch may be seen twice and others not at all in that epoch.
-- `host_sharding='batch'`: every host reads the stream of host 0 of 1 above
-  (all files, the same file order and shuffle windows), cuts it into global
-  batches of `per_host_batch_size * n` records and keeps rows
-  `[i * per_host_batch_size, (i + 1) * per_host_batch_size)` of each. The
-  example at position `k` of that stream is masked with `(seed, k)`. So the
-  global batches, masks included, are bit for bit those of one host with
-  the global batch in either mode, for any `n`, and a run can resume on
-  another host count with the same global batch. The price: every host
-  reads all the records (n times the reading in total; each host still
-  parses and masks only its rows). Measured at seq 128 with 256 examples
-  per host on this 2-core machine: 17.7, 24.5 and 34.9 us of CPU per
-  example of a host with 1, 2 and 4 hosts (94k, 60k and 33k examples/s
-  per host): each host more adds the reading of one record per example,
-  about 6 us. Use it to compare or debug runs across host counts, or to
-  resume on another host count; use 'files' on large pods.
+- 'files' (the default; what pods want): host `i` of `n` reads 1/n of the
+  data. The global batches and the meaning of a saved state depend on `n`,
+  so `restore` refuses another host count: start afresh, ideally with a new
+  `seed`.
+- 'batch': every host reads the stream of host 0 of 1 above, cuts it into
+  global batches of `per_host_batch_size * n` records and keeps rows
+  `[i * per_host_batch_size, (i + 1) * per_host_batch_size)` of each; the
+  example at position `k` of that stream is masked with `(seed, k)`. The
+  global batches, masks included, are then bit for bit those of one host
+  with the global batch, for any `n`, and a run can resume on another host
+  count. The price: every host reads all the records (each still parses and
+  masks only its rows).
 
-Resuming with 'batch'. The state is global: the global batches consumed,
-the epoch of the next record and the records of that epoch before it. The
-fingerprint covers the config with the global batch in place of the
-per-host one and the files, not the host. A host restoring its own state
-with the same host count reads the `tf.data` checkpoint as above. Any other
-host or host count (say, every host of a larger run restoring host 0's
-state) builds the pipeline at the saved position instead: it reads the
-saved epoch from its start and drops the records before the position,
-whole shuffle windows before they are shuffled and all of them before
-parsing, so the cost is the reading, of at most one epoch. Measured on
-this (shared) 2-core machine at seq 128 and 512: 2-5 us per record skipped
-(200k-500k records/s), i.e. 3-8 minutes per 100M records, on top of the
-1-1.3 s that any restore takes to the first batch.
+  Its state is global (the fingerprint has the global batch and no host).
+  Another host or host count builds the pipeline at the saved position: it
+  reads the saved epoch from its start and drops the records before the
+  position (whole shuffle windows before shuffling, all before parsing), at
+  the cost of reading at most one epoch.
 
 Corrupt input. `TFRecordDataset` reports a corrupt or truncated record
-without the file's name. By default `next()` then looks for the file: it
-reads this host's files, starting with those being read when the error came,
-and raises `tf.errors.DataLossError` naming the first bad one (costly only
-on this failure path). With `skip_corrupt_files`, files are read through
-`ignore_errors` and the bytes read are compared with each file's size at its
-end: the records before the damage are kept, the rest of that file is
-skipped (TFRecord framing cannot be resynchronised), a warning names the file
-and `iterator.num_corrupt_files` counts such files in the current epoch.
+without the file's name, so `next()` then reads this host's files, starting
+with those being read at the error, and raises `tf.errors.DataLossError`
+naming the first bad one.
 """
 
 import collections.abc
@@ -137,13 +98,10 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from data_pipeline import masking, tokenizers
+from data_pipeline import documents, examples, tokenizers
 
-# Records read from one file as one unit of the interleave; also the
-# granularity of the corrupt-file check, so its cost is per chunk.
-_CHUNK = 128
-# Bytes of TFRecord framing around each record: length, length CRC, data CRC.
-_RECORD_OVERHEAD = 16
+_CHUNK = 128  # Records read from one file as one unit of the interleave.
+_CYCLE_LENGTH = 16  # Files read at once by the interleave.
 # Example ordinals of different hosts never meet below 2**40 examples.
 _HOST_STRIDE = 1 << 40
 # Counters for `stateless_fold_in`, one per use of the seed.
@@ -154,19 +112,11 @@ _MASK_SEED = 2
 # epoch's reading order.
 _EPOCH_STRIDE = 1 << 32
 
-# Values of `PipelineConfig.host_sharding`.
 _HOST_SHARDINGS = ('files', 'batch')
 
+_INPUT_FEATURES = ('input_ids', 'input_mask', 'segment_ids')
 _MASKED_FEATURES = ('masked_lm_positions', 'masked_lm_ids', 'masked_lm_weights')
-BATCH_KEYS = (
-  'input_ids',
-  'input_mask',
-  'segment_ids',
-  'masked_lm_positions',
-  'masked_lm_ids',
-  'masked_lm_weights',
-  'next_sentence_labels',
-)
+BATCH_KEYS = (*_INPUT_FEATURES, *_MASKED_FEATURES, 'next_sentence_labels')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,34 +125,20 @@ class PipelineConfig:
 
   Attributes:
     train_file_patterns: globs (local or `gs://`) of training TFRecords.
-    eval_file_patterns: globs of eval TFRecords: the `eval-*` files that
-      `create_pretraining_data --eval_fraction` writes from documents held
-      out by a hash of their text (holding out training files instead would
-      not hold out documents: the tool spreads a document's examples over
-      all shards).
+    eval_file_patterns: globs of eval TFRecords, the `eval-*` files of
+      `create_pretraining_data --eval_fraction`: documents held out by a hash
+      of their text (a held-out training shard would not hold out documents).
     tokenizer_path: WordPiece `vocab.txt` or SentencePiece `.model`; needed
       to mask unmasked records (special ids, `[MASK]`, word starts).
     per_host_batch_size: examples per batch on this host.
     max_seq_length: length of `input_ids` in the records.
     mlm: masking options; `max_predictions_per_seq` must match pre-masked
       records.
-    remask: mask pre-masked records afresh (their original tokens are
-      restored first) instead of passing their masks through.
     seed: seeds file order, shuffling and masking.
     shuffle_window: records shuffled together; 1 reads files in order.
-    cycle_length: files read at once by the interleave.
-    num_epochs: passes over the data; None repeats forever.
-    skip_corrupt_files: keep going past a corrupt file (counted and logged)
-      instead of raising.
-    host_sharding: how training hosts share the data (eval is unaffected).
-      'files': host `i` of `n` reads its own files (or examples `i::n`),
-      1/n of the data. 'batch': every host reads all files in the order of
-      a lone host, cuts the stream into global batches of
-      `per_host_batch_size * n` records and keeps rows
-      `[i * per_host_batch_size, (i + 1) * per_host_batch_size)` of each;
-      the global batches, masks included, are then the same for any host
-      count and a saved state can be restored with another host count, at
-      the cost of n times the reading. See the module docstring.
+    host_sharding: 'files' (host `i` of `n` reads 1/n of the data) or
+      'batch' (every host reads all of it and keeps its rows of each global
+      batch); see the module docstring. Eval is unaffected.
   """
 
   train_file_patterns: tuple[str, ...] = ()
@@ -210,41 +146,30 @@ class PipelineConfig:
   tokenizer_path: str = ''
   per_host_batch_size: int = 256
   max_seq_length: int = 128
-  mlm: masking.MaskingConfig = masking.MaskingConfig()
-  remask: bool = False
+  mlm: examples.MaskingConfig = examples.MaskingConfig()
   seed: int = 0
   shuffle_window: int = 16384
-  cycle_length: int = 16
-  num_epochs: int | None = None
-  skip_corrupt_files: bool = False
   host_sharding: str = 'files'
+
+
+class RecordError(ValueError):
+  """Records, or a saved input position, that do not fit the config."""
 
 
 @dataclasses.dataclass(frozen=True)
 class _Files:
-  """Paths with their sizes, for the corrupt-file check."""
+  """Paths with their sizes, for the fingerprint of a saved position."""
 
   paths: tuple[str, ...]
   sizes: tuple[int, ...]
-
-
-def _glob(patterns: Sequence[str]) -> list[str]:
-  """The sorted union of the files matching `patterns`."""
-  paths = set()
-  for pattern in patterns:
-    matched = tf.io.gfile.glob(pattern)
-    if not matched:
-      raise FileNotFoundError(f'No file matches {pattern!r}')
-    paths.update(matched)
-  return sorted(paths)
 
 
 def _stat(paths: Sequence[str]) -> _Files:
   return _Files(tuple(paths), tuple(tf.io.gfile.stat(p).length for p in paths))
 
 
-def _probe_features(files: _Files, skip_corrupt: bool) -> tf.train.Example:
-  """The first record of the first readable, non-empty file."""
+def _probe_features(files: _Files) -> tf.train.Example:
+  """The first record of the first non-empty file."""
   for path, size in zip(files.paths, files.sizes, strict=True):
     if not size:
       continue
@@ -252,11 +177,10 @@ def _probe_features(files: _Files, skip_corrupt: bool) -> tf.train.Example:
       for record in tf.data.TFRecordDataset(path).take(1):
         return tf.train.Example.FromString(record.numpy())
     except tf.errors.OpError as error:
-      if not skip_corrupt:
-        raise tf.errors.DataLossError(
-          None, None, f'Corrupt TFRecord file {path}: {error.message}'
-        ) from error
-  raise ValueError(f'No readable record in {len(files.paths)} files')
+      raise tf.errors.DataLossError(
+        None, None, f'Corrupt TFRecord file {path}: {error.message}'
+      ) from error
+  raise RecordError(f'No record in {len(files.paths)} files')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,20 +197,20 @@ def _record_format(example: tf.train.Example, config) -> _RecordFormat:
     name: len(f.int64_list.value) + len(f.float_list.value)
     for name, f in features.items()
   }
-  for name in ('input_ids', 'input_mask', 'segment_ids'):
+  for name in _INPUT_FEATURES:
     if name not in features:
-      raise ValueError(f'Records lack the feature {name!r}')
+      raise RecordError(f'Records lack the feature {name!r}')
     if lengths[name] != config.max_seq_length:
-      raise ValueError(
+      raise RecordError(
         f'Records have {name} of length {lengths[name]}, '
         f'config.max_seq_length={config.max_seq_length}'
       )
   present = [name in features for name in _MASKED_FEATURES]
   if any(present) and not all(present):
-    raise ValueError(f'Records have only some of {_MASKED_FEATURES}')
+    raise RecordError(f'Records have only some of {_MASKED_FEATURES}')
   predictions = config.mlm.max_predictions_per_seq
   if all(present) and lengths['masked_lm_ids'] != predictions:
-    raise ValueError(
+    raise RecordError(
       f'Records have {lengths["masked_lm_ids"]} predictions, config has '
       f'max_predictions_per_seq={predictions}'
     )
@@ -297,8 +221,7 @@ def _feature_spec(config, record_format):
   length = config.max_seq_length
   predictions = config.mlm.max_predictions_per_seq
   spec = {
-    name: tf.io.FixedLenFeature([length], tf.int64)
-    for name in ('input_ids', 'input_mask', 'segment_ids')
+    name: tf.io.FixedLenFeature([length], tf.int64) for name in _INPUT_FEATURES
   }
   if record_format.has_nsp:
     spec['next_sentence_labels'] = tf.io.FixedLenFeature([1], tf.int64)
@@ -316,45 +239,9 @@ def _fold_in(seed: tf.Tensor, data) -> tf.Tensor:
   )
 
 
-def _masking_kwargs(tokenizer, whole_word_mask: bool) -> dict:
-  """The vocabulary arguments of `masking.mask_batch` from a tokenizer."""
-  return {
-    'special_ids': tokenizer.special_ids.tolist(),
-    'mask_id': tokenizer.mask_id,
-    'replacement_range': tokenizer.replacement_range,
-    'word_start_table': (
-      tokenizer.word_start_table() if whole_word_mask else None
-    ),
-  }
-
-
-def _unmask(ids, positions, original_ids, weights):
-  """Puts the original tokens of pre-masked records back.
-
-  Args:
-    ids: `[batch, seq_len]` int32 masked ids.
-    positions: `[batch, predictions]` int32.
-    original_ids: `[batch, predictions]` int32.
-    weights: `[batch, predictions]` float32, 0 in padded slots.
-
-  Returns:
-    `[batch, seq_len]` int32.
-  """
-  current = tf.gather(ids, positions, batch_dims=1)
-  # Adding deltas (0 in padded slots, all at position 0) is order-free.
-  delta = tf.where(weights > 0, original_ids - current, 0)
-  rows = tf.broadcast_to(
-    tf.range(tf.shape(ids)[0])[:, tf.newaxis], tf.shape(positions)
-  )
-  return tf.tensor_scatter_nd_add(ids, tf.stack([rows, positions], -1), delta)
-
-
 def _make_batch_fn(config, record_format, mask_kwargs):
-  """Returns `fn(ordinals, serialized) -> batch` that parses and masks.
-
-  The masking seed of an example is `(seed', ordinal)`: `ordinals` `[batch]`
-  int64 name the examples, `serialized` `[batch]` holds their records.
-  """
+  """`fn(ordinals, serialized) -> batch`: parses `[batch]` records and masks
+  each with the seed `(seed', ordinal)` (`ordinals`: `[batch]` int64)."""
   spec = _feature_spec(config, record_format)
   seed = _fold_in(tf.constant([config.seed, 0], tf.int64), _MASK_SEED)[0]
 
@@ -370,21 +257,13 @@ def _make_batch_fn(config, record_format, mask_kwargs):
       batch['next_sentence_labels'] = batch['next_sentence_labels'][:, 0]
     else:
       batch['next_sentence_labels'] = tf.zeros([size], tf.int32)
-    if record_format.premasked and not config.remask:
+    if record_format.premasked:
       batch['masked_lm_weights'] = features['masked_lm_weights']
       return batch
-    ids = batch['input_ids']
-    if record_format.premasked:
-      ids = _unmask(
-        ids,
-        batch['masked_lm_positions'],
-        batch['masked_lm_ids'],
-        features['masked_lm_weights'],
-      )
     seeds = tf.stack([tf.fill([size], seed), ordinals], axis=1)
     batch.update(
-      masking.mask_batch(
-        ids,
+      examples.mask_batch(
+        batch['input_ids'],
         batch['input_mask'],
         seeds,
         config=config.mlm,
@@ -396,120 +275,48 @@ def _make_batch_fn(config, record_format, mask_kwargs):
   return fn
 
 
-def _read_file(path, size, file_id, skip_corrupt):
-  """Chunks of up to `_CHUNK` records of one file.
-
-  Args:
-    path: scalar string.
-    size: scalar int64, the file's size in bytes when the pipeline was built.
-    file_id: scalar int64 carried along to locate errors.
-    skip_corrupt: Python bool; when true, a corrupt or unreadable file ends
-      early instead of failing, and a last, empty chunk flags it.
-
-  Returns:
-    A dataset of `(records [<= _CHUNK] string, file_id, corrupt bool)`.
-  """
-  if not skip_corrupt:
-    return (
-      tf.data.TFRecordDataset(path)
-      .batch(_CHUNK)
-      .map(lambda records: (records, file_id, False))
-    )
-  chunks = tf.data.TFRecordDataset(path).ignore_errors().batch(_CHUNK)
-  chunks = chunks.concatenate(
-    tf.data.Dataset.from_tensors(tf.constant([], tf.string))
+def _read_file(path, file_id):
+  """Chunks of up to `_CHUNK` records of one file, with its id."""
+  return (
+    tf.data.TFRecordDataset(path)
+    .batch(_CHUNK)
+    .map(lambda records: (records, file_id))
   )
 
-  def count(total, records):
-    lengths = tf.strings.length(records, unit='BYTE') + _RECORD_OVERHEAD
-    total += tf.reduce_sum(tf.cast(lengths, tf.int64))
-    return total, (records, tf.size(records) == 0, total)
 
-  def check(records, is_last, total):
-    corrupt = is_last & (total != size)
-    warn = tf.cond(
-      corrupt,
-      lambda: tf.print(
-        'WARNING: skipping the rest of corrupt or unreadable TFRecord file',
-        path,
-        '(read',
-        total,
-        'of',
-        size,
-        'bytes)',
-      ),
-      tf.no_op,
-    )
-    with tf.control_dependencies([warn]):
-      return tf.identity(records), file_id, corrupt
-
-  return chunks.scan(tf.constant(0, tf.int64), count).map(check)
-
-
-def _read_files(paths, sizes, file_ids, config, cycle_length):
-  """Chunks of records of files, interleaved, with where they come from.
-
-  Everything downstream works on chunks and batches, never on single
-  records: per-element overhead is what limits tf.data on few cores.
-
-  Args:
-    paths: `[n]` string tensor, in reading order.
-    sizes: `[n]` int64 tensor, their sizes.
-    file_ids: `[n]` int64 tensor, carried to locate errors.
-    config: the pipeline config.
-    cycle_length: files read at once.
-
-  Returns:
-    A dataset of tuples of `[k]` tensors, `k <= _CHUNK`: `(records string,
-    file_ids int64, corrupt_files int32, ordinals int64)`, where
-    `corrupt_files` counts the corrupt files skipped before a record and
-    `ordinals` numbers the records in reading order from 0.
-  """
-  chunks = tf.data.Dataset.from_tensor_slices((paths, sizes, file_ids))
-  chunks = chunks.interleave(
-    lambda path, size, file_id: _read_file(
-      path, size, file_id, config.skip_corrupt_files
-    ),
+def _read_files(paths, file_ids, cycle_length):
+  """Chunks of the records of `paths` (`[n]` strings, in reading order),
+  `cycle_length` files at a time: a dataset of `(records string, file_ids
+  int64, ordinals int64)` `[k]` tensors, `k <= _CHUNK`, `file_ids` from
+  `file_ids` (`[n]` int64, to locate errors), `ordinals` numbering the
+  records from 0 in reading order."""
+  chunks = tf.data.Dataset.from_tensor_slices((paths, file_ids)).interleave(
+    _read_file,
     cycle_length=cycle_length,
     block_length=1,
     num_parallel_calls=tf.data.AUTOTUNE,
     deterministic=True,
   )
 
-  def count(state, chunk):
-    corrupt_seen, records_seen = state
-    records, file_id, corrupt = chunk
-    corrupt_seen += tf.cast(corrupt, tf.int32)
+  def count(records_seen, chunk):
+    records, file_id = chunk
     size = tf.size(records, tf.int64)
-    ordinals = records_seen + tf.range(size)
-    out = (
-      records,
-      tf.fill([size], file_id),
-      tf.fill([size], corrupt_seen),
-      ordinals,
-    )
-    return (corrupt_seen, records_seen + size), out
+    out = (records, tf.fill([size], file_id), records_seen + tf.range(size))
+    return records_seen + size, out
 
-  initial = (tf.constant(0, tf.int32), tf.constant(0, tf.int64))
-  return chunks.scan(initial, count)
+  return chunks.scan(tf.constant(0, tf.int64), count)
 
 
 def _host_files(files: _Files, config, epoch, process_index, process_count):
-  """This host's files in the reading order of an epoch.
-
-  Returns:
-    `(paths [n] string, sizes [n] int64)` tensors.
-  """
+  """This host's files in the reading order of an epoch: `[n]` strings."""
   paths = tf.constant(files.paths)
-  sizes = tf.constant(files.sizes, tf.int64)
   if len(files.paths) >= process_count:
     paths = paths[process_index::process_count]
-    sizes = sizes[process_index::process_count]
   order = tf.random.experimental.stateless_shuffle(
     tf.range(tf.shape(paths)[0]),
     _fold_in(_epoch_seed(config, epoch), _FILE_ORDER),
   )
-  return tf.gather(paths, order), tf.gather(sizes, order)
+  return tf.gather(paths, order)
 
 
 def _epoch_seed(config, epoch):
@@ -518,45 +325,35 @@ def _epoch_seed(config, epoch):
 
 def _keep_every(chunk, step, offset):
   """The records of a chunk whose ordinal is `offset` modulo `step`."""
-  keep = chunk[3] % step == offset
+  keep = chunk[-1] % step == offset
   return tuple(tf.boolean_mask(part, keep) for part in chunk)
 
 
 def _drop_before(part, start):
-  """The records of a chunk or window numbered (`part[3]`) `start` or later.
-
-  The numbers ascend within a chunk or window, so this is a slice.
-  """
-  count = tf.reduce_sum(tf.cast(part[3] < start, tf.int32))
+  """The records of `part` numbered (`part[-1]`, ascending) `start` on."""
+  count = tf.reduce_sum(tf.cast(part[-1] < start, tf.int32))
   return tuple(value[count:] for value in part)
 
 
 def _epoch_records(
   files, config, epoch, process_index, process_count, skip=None
 ):
-  """One epoch of this host's records in training order, in chunks.
+  """Epoch `epoch` (scalar int64) of the records of host `process_index` of
+  `process_count`, in training order, in chunks.
 
-  Args:
-    files: all training files.
-    config: the pipeline config.
-    epoch: scalar int64 tensor.
-    process_index: the host whose share is read.
-    process_count: hosts sharing the files.
-    skip: None, or a scalar int64 tensor: records at the start of the
-      epoch's stream to leave out, to begin in the middle of the epoch.
-      They are read, but dropped before they are shuffled (whole windows)
-      or parsed, so leaving them out costs their reading only.
+  `skip`, a scalar int64 tensor, leaves out that many records at the start
+  of the epoch's stream: they are read but dropped before they are shuffled
+  (whole windows) or parsed.
 
   Returns:
-    A dataset of `(records string, positions int64, corrupt_files int32,
-    offsets int64)` `[k]` tensors: `position` is `epoch * 2**32 + index of
-    the record's file` in the epoch's order; `corrupt_files` restarts every
-    epoch; `offsets` number the records of the epoch's stream from 0 in the
-    order they are served.
+    A dataset of `(records string, positions int64, offsets int64)` `[k]`
+    tensors: `position` is `epoch * 2**32 + index of the record's file` in
+    the epoch's order; `offsets` number the records of the epoch's stream
+    from 0 in the order they are served.
   """
-  paths, sizes = _host_files(files, config, epoch, process_index, process_count)
+  paths = _host_files(files, config, epoch, process_index, process_count)
   file_ids = epoch * _EPOCH_STRIDE + tf.range(tf.size(paths, tf.int64))
-  chunks = _read_files(paths, sizes, file_ids, config, config.cycle_length)
+  chunks = _read_files(paths, file_ids, _CYCLE_LENGTH)
   if len(files.paths) < process_count:
 
     def keep_mine(*chunk):
@@ -576,15 +373,14 @@ def _epoch_records(
 
   def shuffle(*records):
     # Window `k` holds records `[k * window, (k + 1) * window)`. Its index
-    # comes from the records, not from a counter, so that it is the same
-    # whether the stream began at record 0 or at a position (`skip`), and
-    # after a `tf.data` state saved by either is restored into the other.
-    index = tf.reduce_min(records[3]) // window
+    # comes from the records, not a counter, so that it is the same whether
+    # the stream began at record 0 or at `skip`, or was restored from either.
+    index = tf.reduce_min(records[-1]) // window
     size = tf.shape(records[0])[0]
     permutation = tf.random.experimental.stateless_shuffle(
       tf.range(size), _fold_in(window_seed, index)
     )
-    shuffled = tuple(tf.gather(part, permutation) for part in records[:3])
+    shuffled = tuple(tf.gather(part, permutation) for part in records[:-1])
     return (*shuffled, index * window + tf.range(size, dtype=tf.int64))
 
   windows = chunks.rebatch(window).map(shuffle)
@@ -594,11 +390,8 @@ def _epoch_records(
 
 
 def _find_corrupt_file(paths: Sequence[str], start: int):
-  """The first file, from `start` on (wrapping), that fails to read whole.
-
-  Returns:
-    `(path, error message)`, or None when every file reads.
-  """
+  """`(path, error message)` of the first file, from `start` on (wrapping),
+  that fails to read whole; None when every file reads."""
   for k in range(len(paths)):
     path = paths[(start + k) % len(paths)]
     try:
@@ -612,8 +405,8 @@ def _options() -> tf.data.Options:
   options = tf.data.Options()
   options.deterministic = True
   options.autotune.enabled = True
-  # Own threads, and one thread per op: measured at seq 128 on 2 cores,
-  # 72-100k examples/s against 58-70k with TF's shared defaults.
+  # Own threads and one thread per op: faster than TF's shared defaults
+  # (BENCHMARKS.md).
   options.threading.private_threadpool_size = max(8, os.cpu_count() or 1)
   options.threading.max_intra_op_parallelism = 1
   return options
@@ -628,8 +421,6 @@ class Iterator(collections.abc.Iterator):
   """Numpy batches from a `tf.data` pipeline, with a savable position.
 
   Attributes:
-    num_corrupt_files: corrupt files skipped so far in the current epoch
-      (always 0 unless `skip_corrupt_files`).
     batches: batches returned since the start of the run, restored too.
   """
 
@@ -647,19 +438,17 @@ class Iterator(collections.abc.Iterator):
 
     Args:
       dataset: yields batch dicts plus `_position` (int64, the position of
-        the file read last, see `_epoch_records`), `_corrupt_files` and,
-        for training, `_next_record` (`[2]` int64: the epoch of the next
-        record and the records of that epoch served before it).
+        the file read last, see `_epoch_records`) and, for training,
+        `_next_record` (`[2]` int64: the epoch of the next record and the
+        records of that epoch served before it).
       fingerprint: of what determines the order, checked by `restore`.
-      process_index: this host.
-      process_count: hosts.
+      process_index: this host, of `process_count` hosts.
+      process_count: the number of hosts.
       locate: `locate(position) -> (path, message) | None`, which finds the
         corrupt file after a `DataLossError`.
-      seek: None when a saved state holds only for this host and host
-        count; otherwise `seek(batches, epoch, records) -> dataset`, the
-        batches from global batch `batches` on, which begins with record
-        `records` of epoch `epoch`, so that any host of any host count can
-        continue from any host's state.
+      seek: `seek(batches, epoch, records) -> dataset` (`batches_from`), so
+        that any host of any host count can restore a state; None when a
+        state holds for its own host only.
       global_batch_size: examples per step over all hosts, for training.
     """
     self._dataset = dataset
@@ -671,7 +460,6 @@ class Iterator(collections.abc.Iterator):
     self._global_batch_size = global_batch_size
     self._position = 0
     self._next_record = (0, 0)
-    self.num_corrupt_files = 0
     self.batches = 0
 
   @property
@@ -694,18 +482,14 @@ class Iterator(collections.abc.Iterator):
         None, None, f'Corrupt TFRecord file {path}: {message}'
       ) from error
     self._position = int(batch.pop('_position'))
-    self.num_corrupt_files = int(batch.pop('_corrupt_files'))
     if '_next_record' in batch:
       self._next_record = tuple(batch.pop('_next_record').numpy().tolist())
     self.batches += 1
     return {name: value.numpy() for name, value in batch.items()}
 
   def save(self, prefix: str) -> None:
-    """Writes the position to `prefix.index`, `prefix.data-*` and `.json`.
-
-    Call it on every host with a per-host prefix, say
-    `{checkpoint_dir}/input_{process_index}`.
-    """
+    """Writes the position to `prefix.index`, `prefix.data-*` and `.json`;
+    call it on every host, with a per-host prefix (`{dir}/input_{host}`)."""
     tf.train.Checkpoint(iterator=self._iterator).write(prefix)
     meta = {
       'process_index': self._process[0],
@@ -715,21 +499,17 @@ class Iterator(collections.abc.Iterator):
       'position': self._position,
       'epoch': self._next_record[0],
       'epoch_records': self._next_record[1],
-      'num_corrupt_files': self.num_corrupt_files,
       'fingerprint': self._fingerprint,
     }
     with tf.io.gfile.GFile(prefix + '.json', 'w') as f:
       json.dump(meta, f)
 
   def restore(self, prefix: str) -> None:
-    """Continues from the position saved at `prefix`.
-
-    With `host_sharding='batch'`, a state saved by another host or with
-    another host count is restored by reading the stream from the start of
-    the saved epoch up to the saved position (see the module docstring).
+    """Continues from the position saved at `prefix` (with
+    `host_sharding='batch'`, by any host of any host count).
 
     Raises:
-      ValueError: the state was saved with another config or file list, or
+      RecordError: the state was saved with another config or file list, or
         with `host_sharding='batch'` another global batch, or with 'files'
         another host count or host.
     """
@@ -737,27 +517,24 @@ class Iterator(collections.abc.Iterator):
       meta = json.load(f)
     saved = (meta['process_index'], meta['process_count'])
     if self._seek is None and saved[1] != self._process[1]:
-      raise ValueError(
+      raise RecordError(
         f'Input state at {prefix} was saved with {saved[1]} hosts, this run '
         f'has {self._process[1]}: a position in one sharding means nothing '
         "in another. Start fresh iterators, or use host_sharding='batch' "
         '(see data_pipeline.pipeline).'
       )
     if self._seek is None and saved != self._process:
-      raise ValueError(
+      raise RecordError(
         f'Input state at {prefix} belongs to host {saved[0]}, this is host '
         f'{self._process[0]}'
       )
-    if (
-      self._seek is not None
-      and meta['global_batch_size'] != self._global_batch_size
-    ):
-      raise ValueError(
+    if self._seek and meta['global_batch_size'] != self._global_batch_size:
+      raise RecordError(
         f'Input state at {prefix} was saved with a global batch of '
         f'{meta["global_batch_size"]}, this run has {self._global_batch_size}'
       )
     if meta['fingerprint'] != self._fingerprint:
-      raise ValueError(
+      raise RecordError(
         f'Input state at {prefix} was saved with another pipeline config or '
         'other files'
       )
@@ -772,22 +549,19 @@ class Iterator(collections.abc.Iterator):
     self.batches = meta['batches']
     self._position = meta['position']
     self._next_record = (meta['epoch'], meta['epoch_records'])
-    self.num_corrupt_files = meta['num_corrupt_files']
 
 
-def _prepare(config, paths):
-  """Stats files, reads their format and builds the masking arguments."""
-  files = _stat(paths)
+def _prepare(config, patterns):
+  """The files, their record format and the vocab kwargs for masking."""
+  files = _stat(documents.expand_patterns(patterns))
   if sum(files.sizes) == 0:
-    raise ValueError(f'All {len(paths)} files are empty: {paths[:3]}...')
-  record_format = _record_format(
-    _probe_features(files, config.skip_corrupt_files), config
-  )
+    raise RecordError(f'All {len(files.paths)} files are empty: {patterns}')
+  record_format = _record_format(_probe_features(files), config)
   mask_kwargs = {}
-  if not record_format.premasked or config.remask:
+  if not record_format.premasked:
     if not config.tokenizer_path:
-      raise ValueError('Masking the records needs config.tokenizer_path')
-    mask_kwargs = _masking_kwargs(
+      raise RecordError('Masking the records needs config.tokenizer_path')
+    mask_kwargs = examples.vocab_kwargs(
       tokenizers.create_tokenizer(config.tokenizer_path),
       config.mlm.whole_word_mask,
     )
@@ -796,16 +570,15 @@ def _prepare(config, paths):
 
 def _check_host(process_index: int, process_count: int) -> None:
   if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index={process_index} of {process_count}')
+    raise RecordError(f'process_index={process_index} of {process_count}')
 
 
 def create_train_iterator(
   config: PipelineConfig, process_index: int = 0, process_count: int = 1
 ) -> Iterator:
-  """An endless (unless `num_epochs`) iterator of this host's batches.
+  """An endless iterator of this host's batches.
 
   Args:
-    config: the pipeline config.
     process_index: this host, `jax.process_index()`.
     process_count: hosts, `jax.process_count()`.
 
@@ -814,11 +587,11 @@ def create_train_iterator(
   """
   _check_host(process_index, process_count)
   if config.host_sharding not in _HOST_SHARDINGS:
-    raise ValueError(
+    raise RecordError(
       f'host_sharding={config.host_sharding!r}, not one of {_HOST_SHARDINGS}'
     )
   files, record_format, mask_kwargs = _prepare(
-    config, _glob(config.train_file_patterns)
+    config, config.train_file_patterns
   )
   batch_size = config.per_host_batch_size
   by_batch = config.host_sharding == 'batch'
@@ -839,28 +612,22 @@ def create_train_iterator(
   parse_and_mask = _make_batch_fn(config, record_format, mask_kwargs)
 
   def to_batch(index, records):
-    serialized, positions, corrupt_files, offsets = records
+    serialized, positions, offsets = records
     first = first_ordinal + index * global_batch
     ordinals = first + tf.range(batch_size, dtype=tf.int64)
     if by_batch:
       serialized = serialized[first_row : first_row + batch_size]
     batch = parse_and_mask(ordinals, serialized)
     batch['_position'] = tf.reduce_max(positions)
-    batch['_corrupt_files'] = tf.reduce_max(corrupt_files)
     batch['_next_record'] = tf.stack(
       [positions[-1] // _EPOCH_STRIDE, offsets[-1] + 1]
     )
     return batch
 
   def batches_from(batches, epoch, records):
-    """The batches from global batch `batches` on.
-
-    Global batch `batches` begins with record `records` of epoch `epoch`.
-    `records` None leaves the skipping ops out ('files' never seeks).
-    """
-    epochs = tf.data.Dataset.range(
-      epoch, config.num_epochs or np.iinfo(np.int64).max
-    )
+    """The batches from global batch `batches`, which begins with record
+    `records` of epoch `epoch`; `records` None leaves out the skipping ops."""
+    epochs = tf.data.Dataset.range(epoch, np.iinfo(np.int64).max)
 
     def epoch_records(e):
       skip = None
@@ -879,9 +646,9 @@ def create_train_iterator(
 
   def locate(position):
     epoch, index = divmod(position, _EPOCH_STRIDE)
-    paths, _ = _host_files(files, config, epoch, *reader)
+    paths = _host_files(files, config, epoch, *reader)
     paths = [p.decode() for p in paths.numpy()]
-    return _find_corrupt_file(paths, max(0, index - config.cycle_length))
+    return _find_corrupt_file(paths, max(0, index - _CYCLE_LENGTH))
 
   # With host_sharding='batch' the skipping ops are built in from the start,
   # so that saved states fit iterators started fresh or by `seek` alike.
@@ -915,7 +682,6 @@ def create_eval_iterator(
   masks are the same at every eval and for any host count.
 
   Args:
-    config: the pipeline config.
     process_index: this host, `jax.process_index()`.
     process_count: hosts, `jax.process_count()`.
 
@@ -925,17 +691,15 @@ def create_eval_iterator(
   """
   _check_host(process_index, process_count)
   if not config.eval_file_patterns:
-    raise ValueError('No eval split: config.eval_file_patterns is empty')
+    raise RecordError('No eval split: config.eval_file_patterns is empty')
   files, record_format, mask_kwargs = _prepare(
-    config, _glob(config.eval_file_patterns)
+    config, config.eval_file_patterns
   )
   batch_size = config.per_host_batch_size
   parse_and_mask = _make_batch_fn(config, record_format, mask_kwargs)
   chunks = _read_files(
     tf.constant(files.paths),
-    tf.constant(files.sizes, tf.int64),
     tf.range(len(files.paths), dtype=tf.int64),
-    config,
     cycle_length=1,
   )
   chunks = chunks.map(
@@ -949,15 +713,11 @@ def create_eval_iterator(
     num_batches = -(-num_examples // process_count // batch_size)
     mine = len(range(process_index, num_examples, process_count))
     extra_batches = num_batches - -(-mine // batch_size)
-  empty = (
-    tf.zeros([0], tf.string),
-    tf.zeros([0], tf.int64),
-    tf.zeros([0], tf.int32),
-    tf.zeros([0], tf.int64),
-  )
+  no_ids = tf.zeros([0], tf.int64)
+  empty = (tf.zeros([0], tf.string), no_ids, no_ids)
   padding = tf.data.Dataset.from_tensors(empty).repeat(extra_batches)
 
-  def to_batch(serialized, positions, corrupt_files, ordinals):
+  def to_batch(serialized, positions, ordinals):
     real = tf.shape(serialized)[0]
     batch = parse_and_mask(ordinals, serialized)
     batch = {
@@ -968,7 +728,6 @@ def create_eval_iterator(
     }
     batch['example_mask'] = tf.cast(tf.range(batch_size) < real, tf.int32)
     batch['_position'] = tf.reduce_max(tf.concat([positions, [0]], 0))
-    batch['_corrupt_files'] = tf.reduce_max(tf.concat([corrupt_files, [0]], 0))
     return batch
 
   dataset = (

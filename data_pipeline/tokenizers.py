@@ -1,74 +1,56 @@
 """Tokenizers: one interface over BERT WordPiece and SentencePiece.
 
 This module owns turning text into BERT input ids, in Python and in a tf.data
-graph, and what the masker needs to know about the vocabulary: the special
-ids (never masked) and which ids start a word (for whole-word masking).
-create_tokenizer picks the implementation from the file.
+graph; what the masker needs to know about the vocabulary: the special ids
+(never masked) and which ids start a word (for whole-word masking); and
+training new vocabularies. create_tokenizer picks the implementation from
+the file.
 
 * WordPieceTokenizer reads a BERT `vocab.txt` and runs Hugging Face
-  `tokenizers` (Rust): BertNormalizer (control characters and U+FFFD
-  removed, CJK characters split, accents stripped when lower-casing) +
-  BertPreTokenizer (whitespace and punctuation) + WordPiece. Its ids equal
-  those of transformers' BertTokenizer and of the pure-Python
-  BertTokenizerLegacy (BERT's original algorithm) on every one of 1,500
-  English news sentences and 1,218 People's Daily paragraphs, cased and
-  uncased (tests/tokenizers_test.py). A literal special token in the text
-  ('[MASK]') stays one id, as in transformers.
+  `tokenizers` (Rust) with BERT's normaliser (control characters and U+FFFD
+  removed, CJK characters split, accents stripped when lower-casing) and
+  pre-tokenizer. Its ids equal those of transformers' BertTokenizer and of
+  BERT's original algorithm on English and Chinese text, cased and uncased
+  (tests/tokenizers_test.py). A literal special token in the text ('[MASK]')
+  stays one id, as in transformers.
 * SentencePieceTokenizer loads a `.model`; the BERT specials map to single
   ids ([PAD] 0, [UNK] 1, [CLS] 2, [SEP] 3, [MASK] 4 in models trained by
   data_pipeline.train_tokenizer).
 
 In-graph (create_tf_tokenize_fn), WordPiece runs
-`tensorflow_text.FastBertTokenizer` and SentencePiece runs
-`tensorflow_text.SentencepieceTokenizer`.
+`tensorflow_text.FastBertTokenizer`, several times the throughput of the
+Python tokenizer, so WordPiece belongs in the graph (BENCHMARKS.md). Its own
+normalisation is not BERT's: it keeps U+FFFD, folds full-width forms to
+ASCII when lower-casing ('１２' becomes '12') and splits a literal '[MASK]',
+so used as is it disagrees with BERT on some English and most Chinese text.
+The graph therefore does BERT's normalisation itself (split out literal
+specials, delete NUL/U+FFFD/control/format characters, lower-case, NFD, drop
+Mn) and calls FastBertTokenizer with its normalisation off. The in-graph ids
+then equal the Python ids on the test corpora; over all of Unicode they
+differ only on code points whose tables differ between TensorFlow's ICU and
+the Rust crates (recent additions, part of CJK Extension E), never in Latin,
+Greek, Cyrillic, CJK, kana, hangul, full-width forms or punctuation.
 
-FastBertTokenizer's own normalisation is not BERT's: it keeps U+FFFD (BERT
-deletes it; the English news has 2,607), its lower-casing folds full-width
-forms to ASCII ('１２' becomes '12'; BERT keeps them), and it splits a
-literal '[MASK]'. Used as is, it disagreed with BERT on 0.3% of English news
-sentences and 79% of People's Daily paragraphs (uncased). So the graph does
-BERT's normalisation itself (split out literal specials, delete NUL/U+FFFD/
-control/format characters, lower-case, NFD, drop Mn) and calls
-FastBertTokenizer with its normalisation off. The in-graph ids then equal
-the Python ids on all 3,788 English news documents and all 19,484 People's
-Daily paragraphs, cased and uncased. Over every Unicode code point (1,112,063
-strings 'x{c}y {c} z') they differ on 418 (cased) and 837 (uncased): code
-points added in Unicode 10-15 (U+061D, U+2E43..2E5D, ...) whose category
-TensorFlow's ICU data and the Rust tables disagree on, 256 CJK Extension E
-characters (U+2B820..2B91F) only one side splits as CJK, and (uncased) new
-combining marks only one side strips. None is in Latin, Greek, Cyrillic,
-general punctuation, CJK, kana, hangul or full-width forms.
-
-SentencePiece in-graph ids equal the Python ids on 3,767 of 3,788 news
-documents (99.4%, 8,000-piece unigram model): tensorflow-text bundles
-another SentencePiece build, which breaks Viterbi near-ties differently
-('▁mo de rate' vs '▁mo der ate', scores within 0.002). Same text, another
-segmentation of the same probability.
-
-Throughput on the English news corpus (12.5 MB, 3,788 documents), this
-machine (2 cores, AMD EPYC Zen 4, shared: load average 4 while measuring):
-
-  WordPiece, uncased MiniLM vocab.txt (30,522)
-    Python, encode_batch (Rust, both cores)    2.0 MB/s   2.3 MB/CPU-s
-    in-graph, tf.data batch 64, parallel map  11   MB/s  16   MB/CPU-s
-  SentencePiece unigram, 8,000 pieces
-    Python, encode_batch                       10   MB/s  14   MB/CPU-s
-    in-graph, tf.data batch 64, parallel map   2.4 MB/s   6.6 MB/CPU-s
-
-So WordPiece belongs in the graph; SentencePiece is faster in Python (its
-tensorflow-text op does not run in parallel).
+SentencePiece in-graph runs `tensorflow_text.SentencepieceTokenizer`, slower
+than the Python tokenizer (the op does not run in parallel). Its bundled
+SentencePiece build breaks Viterbi near-ties differently, so a few documents
+get another segmentation of the same probability ('▁mo de rate' vs
+'▁mo der ate').
 """
 
 import abc
+import io
 import os
+import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import sentencepiece
 import tensorflow as tf
 import tensorflow_text as tf_text
 import tokenizers as hf_tokenizers
+from absl import logging
 from sentencepiece import sentencepiece_model_pb2
 
 PAD, UNK, CLS, SEP, MASK = '[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]'
@@ -86,8 +68,7 @@ _DELETED_CHARS_RE = r'[\x{0}\x{fffd}]|[^\t\n\r\PC]'
 # lower-cases byte by byte: printable ASCII and \t \n \r.
 _PLAIN_RE = r'[\t\n\r\x{20}-\x{7e}]*'
 # What no vocab token holds: whitespace (re's \s is str.isspace) and C0
-# controls; one search per token, where a loop over characters cost 0.2 s
-# per vocab load.
+# controls; one search per token, far cheaper than a loop over characters.
 _NOT_IN_A_TOKEN = re.compile(r'[\s\x00-\x1f\x7f]')
 
 
@@ -106,20 +87,13 @@ class Tokenizer(abc.ABC):
   def __init__(
     self, path: str, pieces: Sequence[str], special_ids: dict[str, int]
   ):
-    """Records the vocabulary; subclasses load it.
-
-    Args:
-      path: where it was read from.
-      pieces: the token of each id, in id order.
-      special_ids: id of each of SPECIAL_TOKENS.
-    """
+    """Records a vocabulary that a subclass read from `path`: `pieces` in id
+    order, and `special_ids` mapping each of SPECIAL_TOKENS to its id."""
     self.path = path
     self._pieces = list(pieces)
-    self.pad_id = special_ids[PAD]
-    self.unk_id = special_ids[UNK]
-    self.cls_id = special_ids[CLS]
-    self.sep_id = special_ids[SEP]
-    self.mask_id = special_ids[MASK]
+    self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
+      special_ids[token] for token in SPECIAL_TOKENS
+    )
     self._word_starts: np.ndarray | None = None
 
   @property
@@ -139,44 +113,23 @@ class Tokenizer(abc.ABC):
 
   @property
   def replacement_range(self) -> tuple[int, int]:
-    """(low, high): MLM's random replacements come from these ids.
-
-    The whole vocabulary, as in BERT; the masker leaves out special_ids.
-    """
+    """(low, high): MLM's random replacements come from these ids: the
+    whole vocabulary, as in BERT (the masker leaves out special_ids)."""
     return (0, self.vocab_size)
 
   def encode(self, text: str) -> list[int]:
-    """Tokenizes one text.
-
-    Args:
-      text: any string.
-
-    Returns:
-      Its ids, without [CLS]/[SEP].
-    """
+    """The ids of one text, without [CLS]/[SEP]."""
     return self.encode_batch([text])[0]
 
   @abc.abstractmethod
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-    """Tokenizes many texts (in parallel where the backend can).
-
-    Args:
-      texts: strings.
-
-    Returns:
-      One id list per text, without [CLS]/[SEP].
-    """
+    """The ids of each text, without [CLS]/[SEP] (computed in parallel where
+    the backend can)."""
 
   @abc.abstractmethod
   def decode(self, ids: Sequence[int]) -> str:
-    """Turns ids back into text; specials are written out ('[MASK]').
-
-    Args:
-      ids: token ids.
-
-    Returns:
-      The text (normalised as the tokenizer normalises, e.g. lower-cased).
-    """
+    """The text of `ids`, normalised as the tokenizer normalises (e.g.
+    lower-cased), with specials written out ('[MASK]')."""
 
   def id_to_token(self, token_id: int) -> str:
     """Returns the vocabulary piece of one id."""
@@ -187,13 +140,8 @@ class Tokenizer(abc.ABC):
     return [self._pieces[i] for i in ids]
 
   def word_start_table(self) -> np.ndarray:
-    """Which ids begin a word, for whole-word masking.
-
-    Specials count as words of their own.
-
-    Returns:
-      bool [vocab_size], read-only; gather it with ids (np.take, tf.gather).
-    """
+    """Which ids begin a word (specials do), for whole-word masking: bool
+    [vocab_size], read-only; gather it with ids (np.take, tf.gather)."""
     if self._word_starts is None:
       table = self._compute_word_starts()
       table[self.special_ids] = True
@@ -211,7 +159,7 @@ class Tokenizer(abc.ABC):
 
   @abc.abstractmethod
   def create_tf_tokenize_fn(self) -> Callable[[tf.Tensor], tf.RaggedTensor]:
-    """Returns in-graph tokenization, usable in tf.data.Dataset.map.
+    """In-graph tokenization, usable in tf.data.Dataset.map.
 
     Returns:
       A function: tf.string [batch] -> int32 RaggedTensor [batch, (tokens)]
@@ -223,16 +171,12 @@ class WordPieceTokenizer(Tokenizer):
   """BERT WordPiece over a vocab.txt, with BERT's basic tokenizer."""
 
   def __init__(self, vocab_path: str, do_lower_case: bool | None = None):
-    """Reads a vocab.txt.
+    """Reads a vocab.txt; raises as read_vocab_txt does.
 
     Args:
       vocab_path: one token per line; line i is id i (local path or gs://).
       do_lower_case: lower-case and strip accents (an uncased vocab); None
         infers it with infer_do_lower_case.
-
-    Raises:
-      FileNotFoundError: no such file.
-      VocabError: the file is not a usable BERT vocab.
     """
     pieces = read_vocab_txt(vocab_path)
     ids = {piece: i for i, piece in enumerate(pieces)}
@@ -280,13 +224,10 @@ class WordPieceTokenizer(Tokenizer):
       # BERT's normalisation is done below; FastBertTokenizer's own differs.
       lower_case_nfd_strip_accents=False,
     )
+    values = [self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id]
     special_table = tf.lookup.StaticHashTable(
       tf.lookup.KeyValueTensorInitializer(
-        tf.constant(SPECIAL_TOKENS),
-        tf.constant(
-          [self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id],
-          tf.int32,
-        ),
+        tf.constant(SPECIAL_TOKENS), tf.constant(values, tf.int32)
       ),
       default_value=-1,
     )
@@ -302,17 +243,14 @@ class WordPieceTokenizer(Tokenizer):
       return text
 
     def tokenize_batch(texts: tf.Tensor) -> tf.RaggedTensor:
-      # Printable ASCII (about 99% of English sentences) has nothing to
-      # delete or decompose, and lower-cases byte by byte: the Unicode passes
-      # below run on the other texts only: in-graph tokenization of English
-      # news 1.35x faster (0.080 -> 0.060 CPU-s per MB on one core).
+      # Printable ASCII (nearly all English text) has nothing to delete or
+      # decompose and lower-cases byte by byte: the Unicode passes run on
+      # the other texts only, a clear speed-up on English (BENCHMARKS.md).
       plain = tf.strings.regex_full_match(texts, _PLAIN_RE)
       other = tf.where(~plain)[:, 0]
       # regex_split stops at a NUL; U+FFFD is deleted below just as NUL is.
       texts = _on_rows(
-        lambda t: tf.strings.regex_replace(t, r'\x{0}', '\ufffd'),
-        texts,
-        other,
+        lambda t: tf.strings.regex_replace(t, r'\x{0}', '\ufffd'), texts, other
       )
       # Split out literal specials first: transformers matches them in the
       # raw text, before any normalisation.
@@ -329,8 +267,7 @@ class WordPieceTokenizer(Tokenizer):
       ids = fast.tokenize(text)
       # Special parts tokenized to nothing; give each its one id.
       specials = tf.RaggedTensor.from_row_lengths(
-        tf.boolean_mask(special_ids, is_special),
-        tf.cast(is_special, tf.int64),
+        tf.boolean_mask(special_ids, is_special), tf.cast(is_special, tf.int64)
       )
       ids = tf.concat([ids, specials], axis=1)
       return parts.with_flat_values(ids).merge_dims(1, 2)
@@ -342,13 +279,10 @@ class SentencePieceTokenizer(Tokenizer):
   """A SentencePiece model with the BERT specials as single ids."""
 
   def __init__(self, model_path: str):
-    """Loads a SentencePiece .model.
+    """Loads a SentencePiece .model (local path or gs://).
 
     [PAD]/[UNK]/[CLS]/[SEP]/[MASK] are looked up as pieces; a model without
     them falls back to its pad, unk, bos and eos ids and a '<mask>' piece.
-
-    Args:
-      model_path: the serialized model (local path or gs://).
 
     Raises:
       FileNotFoundError: no such file.
@@ -428,14 +362,8 @@ def _on_rows(
   rows: tf.Tensor,
   source: tf.Tensor | None = None,
 ) -> tf.Tensor:
-  """`texts` with `texts[rows]` replaced by `fn(source[rows])`.
-
-  Args:
-    fn: maps `[n]` strings to `[n]` strings.
-    texts: `[batch]` strings.
-    rows: `[n]` int64 indices into `texts`.
-    source: `[batch]` strings that `fn` reads (default: `texts`).
-  """
+  """`[batch]` strings `texts` with `texts[rows]` (`rows`: `[n]` int64)
+  replaced by `fn(source[rows])`; `source` defaults to `texts`."""
   source = texts if source is None else source
   return tf.tensor_scatter_nd_update(
     texts, rows[:, tf.newaxis], fn(tf.gather(source, rows))
@@ -470,13 +398,7 @@ def _read_bytes(path: str | os.PathLike) -> bytes:
 
 
 def read_vocab_txt(path: str | os.PathLike) -> list[str]:
-  """Reads and checks a BERT vocab.txt.
-
-  Args:
-    path: one token per line, line i is id i (local path or gs://).
-
-  Returns:
-    The tokens, in id order.
+  """Reads and checks a BERT vocab.txt; returns the tokens in id order.
 
   Raises:
     FileNotFoundError: no such file.
@@ -484,9 +406,8 @@ def read_vocab_txt(path: str | os.PathLike) -> list[str]:
       a repeated token, or a missing BERT special token.
   """
   path = os.fspath(path)
-  data = _read_bytes(path)
   try:
-    text = data.decode('utf-8')
+    text = _read_bytes(path).decode('utf-8')
   except UnicodeDecodeError as e:
     raise VocabError(
       f'{path}: not a UTF-8 text vocab (bad byte at offset {e.start}); '
@@ -528,15 +449,9 @@ def read_vocab_txt(path: str | os.PathLike) -> list[str]:
 
 
 def infer_do_lower_case(pieces: Sequence[str]) -> bool:
-  """Guesses whether a WordPiece vocab is uncased.
-
-  Args:
-    pieces: the vocab tokens.
-
-  Returns:
-    True when lower-casing changes no token outside [BRACKETED] specials.
-    (Not `isupper`: uncased BERT vocabs hold 'ℝ', upper case with no lower.)
-  """
+  """Whether a WordPiece vocab is uncased: lower-casing changes no token
+  outside [BRACKETED] specials. (Not `isupper`: uncased BERT vocabs hold
+  'ℝ', upper case with no lower.)"""
   return all(
     p.lower() == p
     for p in pieces
@@ -551,12 +466,9 @@ def create_tokenizer(
 
   Args:
     path: a `.model` file, a WordPiece vocab file, or a directory holding
-      vocab.txt (such as corpora.pretrained_model_dir()).
+      vocab.txt (such as `bertjax.pretrained.resolve('all-minilm-l6-v2')`).
     do_lower_case: WordPiece only; None infers it from the vocab (uncased
       when no token has an upper-case letter).
-
-  Returns:
-    The tokenizer.
 
   Raises:
     FileNotFoundError: no such file.
@@ -574,3 +486,148 @@ def create_tokenizer(
       )
     return SentencePieceTokenizer(path)
   return WordPieceTokenizer(path, do_lower_case=do_lower_case)
+
+
+def read_text_lines(paths: Iterable[str]) -> Iterator[str]:
+  """Yields the non-blank lines of UTF-8 text files (local or gs://),
+  stripped; raises VocabError for a file that is not UTF-8 text."""
+  for path in paths:
+    with tf.io.gfile.GFile(path, 'rb') as f:
+      for number, raw in enumerate(f, start=1):
+        try:
+          line = raw.decode('utf-8').strip()
+        except UnicodeDecodeError:
+          raise VocabError(f'{path}: line {number} is not UTF-8 text') from None
+        if line:
+          yield line
+
+
+def sample_lines(lines: Iterable[str], size: int, seed: int = 0) -> list[str]:
+  """`size` of `lines` (read once) drawn uniformly by reservoir sampling, in
+  no particular order; all of them if `size` is 0."""
+  if size == 0:
+    return list(lines)
+  rng = random.Random(seed)
+  sample: list[str] = []
+  for i, line in enumerate(lines):
+    if i < size:
+      sample.append(line)
+    elif (j := rng.randrange(i + 1)) < size:
+      sample[j] = line
+  return sample
+
+
+def train_sentencepiece(
+  lines: Sequence[str],
+  model_prefix: str,
+  vocab_size: int,
+  model_type: str = 'unigram',
+  character_coverage: float = 1.0,
+  max_sentence_length: int = 1 << 16,
+) -> list[str]:
+  """Trains a SentencePiece model with the BERT specials at ids 0-4.
+
+  Args:
+    lines: training text, one sentence or document per item.
+    model_prefix: output prefix (local or gs://).
+    vocab_size: pieces in the model, specials included.
+    model_type: 'unigram' or 'bpe'.
+    character_coverage: share of characters the alphabet must cover.
+    max_sentence_length: longer lines, in bytes, are skipped.
+
+  Returns:
+    [PREFIX.model, PREFIX.vocab].
+
+  Raises:
+    VocabError: SentencePiece rejected the data or settings (e.g. a
+      vocab_size too large for the text).
+  """
+  model = io.BytesIO()
+  try:
+    sentencepiece.SentencePieceTrainer.train(
+      sentence_iterator=iter(lines),
+      model_writer=model,
+      vocab_size=vocab_size,
+      model_type=model_type,
+      character_coverage=character_coverage,
+      max_sentence_length=max_sentence_length,
+      # Lines arrive already sampled (sample_lines); keep them all.
+      input_sentence_size=0,
+      pad_id=0,
+      unk_id=1,
+      bos_id=-1,
+      eos_id=-1,
+      pad_piece=PAD,
+      unk_piece=UNK,
+      # User-defined, not control, symbols: these are matched in raw text,
+      # so '[MASK]' written in a sentence stays one piece.
+      user_defined_symbols=[CLS, SEP, MASK],
+      num_threads=os.cpu_count() or 1,
+      minloglevel=1,
+    )
+  except RuntimeError as e:
+    message = str(e).strip().splitlines()[-1]
+    raise VocabError(f'SentencePiece training failed: {message}') from None
+  processor = sentencepiece.SentencePieceProcessor(model_proto=model.getvalue())
+  vocab = ''.join(
+    f'{processor.id_to_piece(i)}\t{processor.get_score(i):g}\n'
+    for i in range(processor.get_piece_size())
+  )
+  paths = [model_prefix + '.model', model_prefix + '.vocab']
+  _write(paths[0], model.getvalue())
+  _write(paths[1], vocab.encode('utf-8'))
+  return paths
+
+
+def train_wordpiece(
+  lines: Iterable[str],
+  model_prefix: str,
+  vocab_size: int,
+  do_lower_case: bool = True,
+  limit_alphabet: int = 1000,
+) -> str:
+  """Trains a WordPiece vocab (specials at ids 0-4); returns PREFIX.vocab.txt.
+
+  Args:
+    lines: training text, one sentence or document per item (read once).
+    model_prefix: output prefix (local or gs://).
+    vocab_size: tokens in the vocab, specials included.
+    do_lower_case: an uncased vocab (lower-cased, accents stripped).
+    limit_alphabet: keep this many of the most frequent characters; rarer
+      ones become [UNK]. Chinese needs more than the default 1,000 (People's
+      Daily has 4,687 characters).
+  """
+  trainer = hf_tokenizers.BertWordPieceTokenizer(
+    clean_text=True,
+    handle_chinese_chars=True,
+    strip_accents=None,
+    lowercase=do_lower_case,
+  )
+  trainer.train_from_iterator(
+    lines,
+    vocab_size=vocab_size,
+    min_frequency=2,
+    limit_alphabet=limit_alphabet,
+    special_tokens=list(SPECIAL_TOKENS),
+    wordpieces_prefix='##',
+    show_progress=False,
+  )
+  by_id = sorted(trainer.get_vocab().items(), key=lambda kv: kv[1])
+  if len(by_id) < vocab_size:
+    logging.warning(
+      'The text supports only %d of the %d tokens asked for (words seen '
+      'once are not merged)',
+      len(by_id),
+      vocab_size,
+    )
+  path = model_prefix + '.vocab.txt'
+  _write(path, ''.join(f'{token}\n' for token, _ in by_id).encode('utf-8'))
+  return path
+
+
+def _write(path: str, data: bytes) -> None:
+  """Writes a file through gfile, creating its directory."""
+  if directory := os.path.dirname(path):
+    tf.io.gfile.makedirs(directory)
+  with tf.io.gfile.GFile(path, 'wb') as f:
+    f.write(data)

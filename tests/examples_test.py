@@ -1,21 +1,29 @@
-"""Tests of data_pipeline.masking on real English and Chinese news."""
+"""Tests of data_pipeline.examples: NSP pairs and MLM masking.
+
+Masking runs on real English and Chinese news; pairs on made-up sentence
+lengths, example by example, against the original's truncation loop.
+"""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from data_pipeline import corpora, masking, tokenizers
+from data_pipeline import corpora, examples, tokenizers
+
+import corpus_readers
 
 SEQ_LEN = 128
+# Tokens per pair, [CLS] and two [SEP]s included.
+PAIR_LEN = 128
 
 
 @pytest.fixture(scope='module')
 def tokenizer():
-  return tokenizers.create_tokenizer(corpora.pretrained_model_dir())
+  return tokenizers.create_tokenizer(corpus_readers.minilm_dir())
 
 
 @pytest.fixture(scope='module')
-def examples(tokenizer):
+def rows(tokenizer):
   """About 125k real tokens as `[CLS] A [SEP] B [SEP]` rows of MiniLM ids.
 
   English news and People's Daily, cut into examples of the lengths the
@@ -25,7 +33,8 @@ def examples(tokenizer):
     `(input_ids, input_mask)`, both `[n, SEQ_LEN]` int32.
   """
   texts = (
-    corpora.news_documents()[:80] + corpora.peoples_daily_paragraphs()[:800]
+    corpora.news_documents()[:80]
+    + corpus_readers.peoples_daily_paragraphs()[:800]
   )
   stream = np.concatenate(
     [np.array(t, np.int32) for t in tokenizer.encode_batch(texts) if t]
@@ -43,13 +52,13 @@ def examples(tokenizer):
   return np.array(rows, np.int32), np.array(masks, np.int32)
 
 
-def _mask(examples, tokenizer, config=None, seed=0):
-  input_ids, input_mask = examples
-  config = config or masking.MaskingConfig()
+def _mask(rows, tokenizer, config=None, seed=0):
+  input_ids, input_mask = rows
+  config = config or examples.MaskingConfig()
   seeds = np.stack(
     [np.full(len(input_ids), seed), np.arange(len(input_ids))], axis=1
   )
-  out = masking.mask_batch(
+  out = examples.mask_batch(
     input_ids,
     input_mask,
     seeds,
@@ -90,14 +99,15 @@ def _words(ids, mask, tokenizer):
   return words
 
 
+@pytest.mark.network
 class MaskBatchTest:
-  def test_counts_rates_and_replacements(self, examples, tokenizer):
-    input_ids, input_mask = examples
+  def test_counts_rates_and_replacements(self, rows, tokenizer):
+    input_ids, input_mask = rows
     assert input_mask.sum() >= 100_000
-    out = _mask(examples, tokenizer)
+    out = _mask(rows, tokenizer)
     weights = out['masked_lm_weights']
     chosen = weights.sum(axis=1).astype(int)
-    config = masking.MaskingConfig()
+    config = examples.MaskingConfig()
     candidates = (~np.isin(input_ids, tokenizer.special_ids)).sum(axis=1)
     np.testing.assert_array_equal(
       chosen, np.minimum(_num_to_predict(input_mask, config), candidates)
@@ -117,9 +127,9 @@ class MaskBatchTest:
     assert abs(is_random.mean() - 0.1) < 0.015
     assert abs(is_kept.mean() - 0.1) < 0.015
 
-  def test_layout_and_untouched_positions(self, examples, tokenizer):
-    input_ids, input_mask = examples
-    out = _mask(examples, tokenizer)
+  def test_layout_and_untouched_positions(self, rows, tokenizer):
+    input_ids, input_mask = rows
+    out = _mask(rows, tokenizer)
     positions, weights = out['masked_lm_positions'], out['masked_lm_weights']
     assert positions.shape == weights.shape == (len(input_ids), 20)
     assert positions.dtype == out['masked_lm_ids'].dtype == np.int32
@@ -142,11 +152,11 @@ class MaskBatchTest:
       np.take_along_axis(input_mask, positions, axis=1)[weights > 0]
     ).all()
 
-  def test_random_replacements_are_never_special(self, examples, tokenizer):
-    config = masking.MaskingConfig(
+  def test_random_replacements_are_never_special(self, rows, tokenizer):
+    config = examples.MaskingConfig(
       mask_token_prob=0.0, random_token_prob=1.0, keep_token_prob=0.0
     )
-    out = _mask(examples, tokenizer, config)
+    out = _mask(rows, tokenizer, config)
     valid = out['masked_lm_weights'] > 0
     drawn = np.take_along_axis(
       out['input_ids'], out['masked_lm_positions'], axis=1
@@ -157,10 +167,10 @@ class MaskBatchTest:
     # Spread over the vocabulary, not stuck in a corner of it.
     assert len(np.unique(drawn)) > 0.3 * len(drawn)
 
-  def test_whole_words_are_never_split(self, examples, tokenizer):
-    input_ids, input_mask = examples
-    config = masking.MaskingConfig(whole_word_mask=True)
-    out = _mask(examples, tokenizer, config)
+  def test_whole_words_are_never_split(self, rows, tokenizer):
+    input_ids, input_mask = rows
+    config = examples.MaskingConfig(whole_word_mask=True)
+    out = _mask(rows, tokenizer, config)
     weights = out['masked_lm_weights']
     budgets = _num_to_predict(input_mask, config)
     multi_piece_words_chosen = 0
@@ -179,14 +189,14 @@ class MaskBatchTest:
     assert multi_piece_words_chosen > 100
     assert abs(weights.sum() / input_mask.sum() - 0.15) < 0.005
 
-  def test_an_example_depends_on_its_seed_only(self, examples, tokenizer):
-    input_ids, input_mask = examples
+  def test_an_example_depends_on_its_seed_only(self, rows, tokenizer):
+    input_ids, input_mask = rows
     subset = np.arange(0, 200, 3)
     for wwm in (False, True):
-      config = masking.MaskingConfig(whole_word_mask=wwm)
+      config = examples.MaskingConfig(whole_word_mask=wwm)
       full = _mask((input_ids[:200], input_mask[:200]), tokenizer, config)
       seeds = np.stack([np.zeros_like(subset), subset], axis=1)
-      part = masking.mask_batch(
+      part = examples.mask_batch(
         input_ids[subset][::-1],
         input_mask[subset][::-1],
         seeds[::-1],
@@ -199,8 +209,8 @@ class MaskBatchTest:
       for name, value in part.items():
         np.testing.assert_array_equal(value.numpy()[::-1], full[name][subset])
 
-  def test_seeds_decide_the_mask(self, examples, tokenizer):
-    few = (examples[0][:300], examples[1][:300])
+  def test_seeds_decide_the_mask(self, rows, tokenizer):
+    few = (rows[0][:300], rows[1][:300])
     first, again = _mask(few, tokenizer), _mask(few, tokenizer)
     other = _mask(few, tokenizer, seed=1)
     for name in first:
@@ -219,10 +229,10 @@ class MaskBatchTest:
     trials = 20_000
     input_ids = np.array([row] * trials, np.int32)
     input_mask = (input_ids != 0).astype(np.int32)
-    config = masking.MaskingConfig(masked_lm_prob=0.25)
+    config = examples.MaskingConfig(masked_lm_prob=0.25)
     for seq_len in (16, None):  # a static and an unknown sequence length
       mask = tf.function(
-        lambda a, b, c: masking.mask_batch(
+        lambda a, b, c: examples.mask_batch(
           a,
           b,
           c,
@@ -254,16 +264,16 @@ class MaskBatchTest:
       p = 1 / 15
       assert np.abs(pairs - p).max() < 5 * np.sqrt(p * (1 - p) / trials)
 
-  def test_many_special_ids(self, examples, tokenizer):
+  def test_many_special_ids(self, rows, tokenizer):
     # More than a handful of scattered specials: the membership table path.
-    input_ids, input_mask = (a[:200] for a in examples)
+    input_ids, input_mask = (a[:200] for a in rows)
     special = tokenizer.special_ids.tolist() + list(range(2000, 30000, 1000))
     seeds = np.stack([np.zeros(200), np.arange(200)], axis=1)
-    out = masking.mask_batch(
+    out = examples.mask_batch(
       input_ids,
       input_mask,
       seeds,
-      config=masking.MaskingConfig(),
+      config=examples.MaskingConfig(),
       special_ids=special,
       mask_id=tokenizer.mask_id,
       replacement_range=tokenizer.replacement_range,
@@ -286,66 +296,28 @@ class MaskBatchTest:
     input_mask = (input_ids != 0).astype(np.int32)
     for wwm in (False, True):
       # seq_len 6 < max_predictions_per_seq 20: outputs are still 20 wide.
-      config = masking.MaskingConfig(whole_word_mask=wwm)
+      config = examples.MaskingConfig(whole_word_mask=wwm)
       out = _mask((input_ids, input_mask), tokenizer, config)
       np.testing.assert_array_equal(out['masked_lm_weights'].sum(1), [1, 0, 0])
       assert out['masked_lm_positions'][0, 0] == 1
       assert out['masked_lm_ids'][0, 0] == word
       assert out['masked_lm_positions'].shape == (3, 20)
 
-  def test_graph_and_eager_agree_for_int64_inputs(self, examples, tokenizer):
-    input_ids, input_mask = (a[:64].astype(np.int64) for a in examples)
+  def test_graph_and_eager_agree_for_int64_inputs(self, rows, tokenizer):
+    input_ids, input_mask = (a[:64].astype(np.int64) for a in rows)
     seeds = np.stack([np.full(64, 2**40 + 5), np.arange(64) - 3], axis=1)
     kwargs = dict(
-      config=masking.MaskingConfig(),
+      config=examples.MaskingConfig(),
       special_ids=tokenizer.special_ids.tolist(),
       mask_id=tokenizer.mask_id,
       replacement_range=tokenizer.replacement_range,
     )
-    eager = masking.mask_batch(input_ids, input_mask, seeds, **kwargs)
-    graph = tf.function(lambda a, b, c: masking.mask_batch(a, b, c, **kwargs))(
+    eager = examples.mask_batch(input_ids, input_mask, seeds, **kwargs)
+    graph = tf.function(lambda a, b, c: examples.mask_batch(a, b, c, **kwargs))(
       input_ids, input_mask, seeds
     )
     for name in eager:
       np.testing.assert_array_equal(eager[name], graph[name])
-
-
-class MaskBatchNumpyTest:
-  """The numpy twin gives the very bits of the TF implementation."""
-
-  @pytest.mark.parametrize(
-    'options',
-    [
-      {},
-      # The cap binds, and other replacement probabilities.
-      dict(
-        masked_lm_prob=0.3,
-        max_predictions_per_seq=8,
-        mask_token_prob=0.5,
-        random_token_prob=0.3,
-        keep_token_prob=0.2,
-      ),
-      dict(max_predictions_per_seq=40),  # more slots than predictions
-    ],
-  )
-  def test_equals_mask_batch(self, examples, tokenizer, options):
-    input_ids, input_mask = examples
-    input_ids, input_mask = input_ids[:3000], input_mask[:3000]
-    seeds = np.stack(
-      [np.full(len(input_ids), 2**40 + 3), np.arange(len(input_ids)) - 7],
-      axis=1,
-    )
-    kwargs = dict(
-      config=masking.MaskingConfig(**options),
-      special_ids=tokenizer.special_ids.tolist(),
-      mask_id=tokenizer.mask_id,
-      replacement_range=tokenizer.replacement_range,
-    )
-    ours = masking.mask_batch_numpy(input_ids, input_mask, seeds, **kwargs)
-    theirs = masking.mask_batch(input_ids, input_mask, seeds, **kwargs)
-    for name, value in theirs.items():
-      assert ours[name].dtype == value.dtype, name
-      np.testing.assert_array_equal(ours[name], value.numpy(), err_msg=name)
 
   def test_short_empty_and_special_only_rows(self, tokenizer):
     cls, sep, mask = tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id
@@ -360,55 +332,46 @@ class MaskBatchNumpyTest:
       np.int32,
     )
     input_mask = (input_ids != 0).astype(np.int32)
-    kwargs = dict(
-      config=masking.MaskingConfig(
-        masked_lm_prob=0.5,
-        mask_token_prob=1.0,
-        random_token_prob=0.0,
-        keep_token_prob=0.0,
-      ),
-      special_ids=tokenizer.special_ids.tolist(),
-      mask_id=tokenizer.mask_id,
-      replacement_range=tokenizer.replacement_range,
+    config = examples.MaskingConfig(
+      masked_lm_prob=0.5,
+      mask_token_prob=1.0,
+      random_token_prob=0.0,
+      keep_token_prob=0.0,
     )
     seeds = np.stack([np.zeros(4), np.arange(4)], axis=1).astype(np.int64)
-    for batch in (slice(None), slice(1, 3)):  # also: no candidate at all
-      ours = masking.mask_batch_numpy(
-        input_ids[batch], input_mask[batch], seeds[batch], **kwargs
-      )
-      theirs = masking.mask_batch(
-        input_ids[batch], input_mask[batch], seeds[batch], **kwargs
-      )
-      for name, value in theirs.items():
-        np.testing.assert_array_equal(ours[name], value.numpy(), err_msg=name)
-    np.testing.assert_array_equal(ours['masked_lm_weights'].sum(1), [0, 0])
-
-  def test_whole_words_are_not_its_job(self):
-    with pytest.raises(ValueError, match='mask_batch for words'):
-      masking.mask_batch_numpy(
-        np.zeros([1, 4], np.int32),
-        np.ones([1, 4], np.int32),
-        np.zeros([1, 2], np.int64),
-        config=masking.MaskingConfig(whole_word_mask=True),
-        special_ids=[0],
-        mask_id=1,
-        replacement_range=(0, 10),
-      )
+    out = examples.mask_batch(
+      input_ids,
+      input_mask,
+      seeds,
+      config=config,
+      **examples.vocab_kwargs(tokenizer, whole_word_mask=False),
+    )
+    out = {k: v.numpy() for k, v in out.items()}
+    # round(0.5 * length) predictions, at most the candidates: 2 of 3
+    # tokens, none of nothing, none of specials only, all 3 ordinary words.
+    np.testing.assert_array_equal(out['masked_lm_weights'].sum(1), [2, 0, 0, 3])
+    np.testing.assert_array_equal(out['masked_lm_positions'][0, :2], [0, 1])
+    np.testing.assert_array_equal(out['masked_lm_positions'][3, :3], [2, 3, 4])
+    np.testing.assert_array_equal(out['masked_lm_ids'][3, :3], [word] * 3)
+    expected = input_ids.copy()
+    expected[0, :2] = mask
+    expected[3, 2:5] = mask
+    np.testing.assert_array_equal(out['input_ids'], expected)
 
 
 class MaskingConfigTest:
   def test_rejects_bad_options(self):
     with pytest.raises(ValueError, match='sum to 1'):
-      masking.MaskingConfig(mask_token_prob=0.9)
+      examples.MaskingConfig(mask_token_prob=0.9)
     with pytest.raises(ValueError, match='masked_lm_prob'):
-      masking.MaskingConfig(masked_lm_prob=1.5)
+      examples.MaskingConfig(masked_lm_prob=1.5)
     with pytest.raises(ValueError, match='max_predictions_per_seq'):
-      masking.MaskingConfig(max_predictions_per_seq=0)
+      examples.MaskingConfig(max_predictions_per_seq=0)
 
   def test_whole_word_needs_a_table(self):
-    config = masking.MaskingConfig(whole_word_mask=True)
+    config = examples.MaskingConfig(whole_word_mask=True)
     with pytest.raises(ValueError, match='word_start_table'):
-      masking.mask_batch(
+      examples.mask_batch(
         np.zeros([1, 4], np.int32),
         np.ones([1, 4], np.int32),
         np.zeros([1, 2], np.int32),
@@ -417,3 +380,101 @@ class MaskingConfigTest:
         mask_id=1,
         replacement_range=(0, 10),
       )
+
+
+class TruncationTest:
+  def test_matches_original_loop(self):
+    """Counts equal those of the original `truncate_seq_pair` loop."""
+
+    def original(len_a, len_b, max_num_tokens):
+      a, b = list(range(len_a)), list(range(len_b))
+      while len(a) + len(b) > max_num_tokens:
+        (a if len(a) > len(b) else b).pop()
+      return len_a - len(a), len_b - len(b)
+
+    for len_a in range(1, 25):
+      for len_b in range(1, 25):
+        for max_num_tokens in range(2, 40):
+          assert examples.compute_truncation(
+            len_a, len_b, max_num_tokens
+          ) == original(len_a, len_b, max_num_tokens)
+    # Whole arrays at once, as pair creation calls it.
+    len_a, len_b = np.meshgrid(np.arange(1, 25), np.arange(1, 25))
+    cut_a, cut_b = examples.compute_truncation(len_a.ravel(), len_b.ravel(), 30)
+    expected = [
+      original(a, b, 30) for a, b in zip(len_a.ravel(), len_b.ravel())
+    ]
+    assert list(zip(cut_a.tolist(), cut_b.tolist())) == expected
+
+
+class DocumentPairsTest:
+  """create_document_pairs on made-up sentence lengths, example by example."""
+
+  @staticmethod
+  def _bounds(rng, num_docs):
+    bounds, offset = [], 0
+    for _ in range(num_docs):
+      lengths = rng.integers(1, 40, rng.integers(1, 30))
+      bounds.append([offset] + (offset + np.cumsum(lengths)).tolist())
+      offset = bounds[-1][-1] + 1  # the [SEP] between documents
+    return bounds
+
+  def test_ranges_labels_and_lengths(self):
+    rng = np.random.default_rng(0)
+    bounds = self._bounds(rng, 60)
+    doc_of = np.full(bounds[-1][-1] + 1, -1)
+    for d, edges in enumerate(bounds):
+      doc_of[edges[0] : edges[-1]] = d
+    pairs = examples.PairBuilder()
+    dropped = examples.create_document_pairs(
+      bounds, PAIR_LEN, 0.1, rng, 3, pairs
+    )
+    assert dropped == 0 and len(pairs) > 500
+    a0, a1 = pairs.a_start, pairs.a_start + pairs.a_len
+    b0, b1 = pairs.b_start, pairs.b_start + pairs.b_len
+    assert (pairs.a_len >= 1).all() and (pairs.b_len >= 1).all()
+    assert (pairs.a_len + pairs.b_len <= PAIR_LEN - 3).all()
+    # Each segment lies within one document.
+    assert (doc_of[a0] == doc_of[a1 - 1]).all() and (doc_of[a0] >= 0).all()
+    assert (doc_of[b0] == doc_of[b1 - 1]).all() and (doc_of[b0] >= 0).all()
+    same_doc = doc_of[a0] == doc_of[b0]
+    random_next = pairs.labels == 1
+    # IsNext: B follows A in its document; random: B from another one.
+    assert (same_doc & (b0 >= a1))[~random_next].all()
+    assert (~same_doc)[random_next].all()
+    assert 0.45 < random_next.mean() < 0.55
+    # Untruncated true continuations start right where A ends.
+    fits = pairs.a_len + pairs.b_len < PAIR_LEN - 3
+    assert (b0 == a1)[fits & ~random_next].all()
+
+  def test_copies_are_independent_walks(self):
+    bounds = self._bounds(np.random.default_rng(1), 40)
+    once, thrice = examples.PairBuilder(), examples.PairBuilder()
+    examples.create_document_pairs(
+      bounds, PAIR_LEN, 0.1, np.random.default_rng(2), 1, once
+    )
+    examples.create_document_pairs(
+      bounds, PAIR_LEN, 0.1, np.random.default_rng(2), 3, thrice
+    )
+    assert len(thrice) == pytest.approx(3 * len(once), rel=0.1)
+    ranges = set(zip(thrice.a_start.tolist(), thrice.a_len.tolist()))
+    assert len(ranges) > 1.5 * len(once)  # not three copies of one walk
+
+  def test_one_document_has_no_random_next(self):
+    (edges,) = self._bounds(np.random.default_rng(3), 1)
+    pairs = examples.PairBuilder()
+    dropped = examples.create_document_pairs(
+      [edges + [edges[-1] + 5]],
+      PAIR_LEN,
+      0.1,
+      np.random.default_rng(4),
+      2,
+      pairs,
+    )
+    assert len(pairs) > 0 and (pairs.labels == 0).all() and dropped == 0
+    # A single sentence: no continuation and no other document.
+    lone = examples.PairBuilder()
+    dropped = examples.create_document_pairs(
+      [[0, 9]], PAIR_LEN, 0.1, np.random.default_rng(4), 3, lone
+    )
+    assert len(lone) == 0 and dropped == 3

@@ -1,0 +1,398 @@
+"""What a training run keeps in its workdir, and how it resumes from it.
+
+A workdir holds
+
+  checkpoints/<step>/   Orbax steps: `state` (the train state), `data` (each
+                        process's input-iterator position) and `meta` (the
+                        run's config, the model config, the tokenizer path)
+  metrics.jsonl         one JSON object per metric write: `step` and names
+  tb/                   the same metrics as TensorBoard event files
+  learning_curves.png   drawn at the end of a run
+
+This module owns the Orbax `CheckpointManager` of a run (`Checkpointer`:
+asynchronous saves, the newest `keep` steps kept, restore onto the abstract
+sharded state, so a run may resume on another mesh), SIGTERM handling
+(`Preemption`), reading one step's params as a model (a workdir is a model
+wherever bertjax takes one: `bertjax.pretrained`), and the metric files
+(written through clu's metric writers) and their plot.
+
+Orbax writes each step into a temporary directory and commits it by
+renaming (or a commit marker on GCS), so a step interrupted mid-write is
+never listed or restored: a run falls back to the last complete step. Paths
+go through `etils.epath`, so `gs://` workdirs work like local ones.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import signal
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+CHECKPOINTS_DIR = 'checkpoints'
+METRICS_FILE = 'metrics.jsonl'
+CURVES_FILE = 'learning_curves.png'
+
+
+class CheckpointError(ValueError):
+  """A training checkpoint that cannot be read or used as asked."""
+
+
+def _absolute(path: str) -> epath.Path:
+  """Orbax wants absolute paths; `gs://` ones are."""
+  return epath.Path(path if '://' in str(path) else os.path.abspath(path))
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints.
+
+
+class _DataIteratorHandler(ocp.CheckpointHandler):
+  """Saves each process's input-iterator state inside the Orbax step.
+
+  Every process writes its own `process_<i>/` files into the step's
+  directory before Orbax commits the step (atomically, with the train
+  state), so a step on disk always has the data position that matches its
+  parameters. The iterator is anything with `save(prefix)` and
+  `restore(prefix)`, such as `data_pipeline.pipeline.Iterator`. A process
+  with no state of its own (the run was saved with fewer processes) is
+  handed process 0's: an iterator whose state is global (the pipeline's
+  `host_sharding='batch'`) resumes from it, others refuse it.
+  """
+
+  def _prefix(self, directory, process: int) -> epath.Path:
+    return epath.Path(directory) / f'process_{process}' / 'iterator'
+
+  def save(self, directory, args: 'DataIteratorSave') -> None:
+    prefix = self._prefix(directory, jax.process_index())
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    args.iterator.save(os.fspath(prefix))
+
+  def restore(self, directory, args: 'DataIteratorRestore' = None):
+    prefix = self._prefix(directory, jax.process_index())
+    if not prefix.parent.exists():
+      prefix = self._prefix(directory, 0)
+    args.iterator.restore(os.fspath(prefix))
+    return args.iterator
+
+  def metadata(self, directory):
+    del directory
+
+  def finalize(self, directory) -> None:
+    del directory
+
+  def close(self) -> None:
+    pass
+
+
+@ocp.args.register_with_handler(_DataIteratorHandler, for_save=True)
+@dataclasses.dataclass
+class DataIteratorSave(ocp.args.CheckpointArgs):
+  iterator: Any
+
+
+@ocp.args.register_with_handler(_DataIteratorHandler, for_restore=True)
+@dataclasses.dataclass
+class DataIteratorRestore(ocp.args.CheckpointArgs):
+  iterator: Any
+
+
+class Checkpointer:
+  """Orbax checkpoints of a training run: state, input position, config."""
+
+  def __init__(self, workdir: str, keep: int, meta: Mapping[str, Any]):
+    """Opens (and creates) `<workdir>/checkpoints`, keeping the newest `keep`
+    steps. `meta` holds JSON-ready facts saved with every step: `config`
+    (the run's), `model` (`BertConfig.to_dict()`) and `tokenizer` (its
+    path), which make a step usable as a model."""
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep,
+      create=True,
+      enable_async_checkpointing=True,
+      cleanup_tmp_directories=True,
+    )
+    self._manager = ocp.CheckpointManager(
+      _absolute(workdir) / CHECKPOINTS_DIR,
+      options=options,
+      item_handlers={
+        'state': ocp.StandardCheckpointHandler(),
+        'data': _DataIteratorHandler(),
+        'meta': ocp.JsonCheckpointHandler(),
+      },
+    )
+    self._meta = dict(meta)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any, data_iterator: Any) -> None:
+    """Saves (asynchronously) the state and this process's input position."""
+    self._manager.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=DataIteratorSave(data_iterator),
+        meta=ocp.args.JsonSave({'step': int(step), **self._meta}),
+      ),
+    )
+
+  def restore_latest(self, state: Any, data_iterator: Any) -> tuple[Any, int]:
+    """Restores the newest complete step onto a freshly created `state`'s
+    shapes, dtypes and shardings, and `data_iterator` in place; returns
+    (state, step), or (the given state, 0) when there is no checkpoint."""
+    step = self._manager.latest_step()
+    if step is None:
+      return state, 0
+    target = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      state,
+    )
+    restored = self._manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target),
+        data=DataIteratorRestore(data_iterator),
+      ),
+    )
+    return restored.state, int(step)
+
+  def close(self) -> None:
+    """Waits for pending saves to be committed; closes the manager."""
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+class Preemption:
+  """Turns SIGTERM (what Cloud TPU and SLURM send before they take a machine
+  back) into a flag the loop checks after each step, to save and stop."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self) -> 'Preemption':
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # Not the main thread (e.g. inside a test runner).
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM: finishing this step, saving, exiting.')
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+# ---------------------------------------------------------------------------
+# A step as a model.
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+  """One complete checkpoint step of a run, and what it recorded."""
+
+  directory: str  # the run's checkpoints/ directory
+  step: int
+  meta: dict[str, Any]
+
+  @property
+  def path(self) -> str:
+    return os.path.join(self.directory, str(self.step))
+
+
+def checkpoints_of(path: str) -> tuple[str, int | None] | None:
+  """(checkpoints directory, step or None for the newest) when `path` is a
+  training workdir, its `checkpoints/` directory or one step in it; None
+  otherwise."""
+  path = _absolute(path)
+  if (path / CHECKPOINTS_DIR).is_dir():
+    return os.fspath(path / CHECKPOINTS_DIR), None
+  if path.name == CHECKPOINTS_DIR and path.is_dir():
+    return os.fspath(path), None
+  # A step that is not there (yet) still names its run: the error can say
+  # which steps are.
+  if path.name.isdigit() and path.parent.name == CHECKPOINTS_DIR:
+    if path.parent.is_dir():
+      return os.fspath(path.parent), int(path.name)
+  return None
+
+
+def _read_only_manager(directory: str) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+    directory,
+    options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+    item_handlers={
+      'state': ocp.PyTreeCheckpointHandler(),
+      'meta': ocp.JsonCheckpointHandler(),
+    },
+  )
+
+
+def find_step(path: str) -> Step:
+  """The complete step `path` names (the newest, for a workdir).
+
+  Raises:
+    CheckpointError: not a training workdir or step, no complete step, or
+      a step whose record of the run cannot be read.
+  """
+  found = checkpoints_of(path)
+  if found is None:
+    raise CheckpointError(f'{path}: not a training workdir or checkpoint step')
+  directory, step = found
+  with _read_only_manager(directory) as manager:
+    steps = manager.all_steps()
+    if step is None:
+      if not steps:
+        raise CheckpointError(f'{path}: no complete training checkpoint')
+      step = max(steps)
+    elif step not in steps:
+      raise CheckpointError(
+        f'{path}: step {step} is not a complete checkpoint (complete: '
+        f'{sorted(steps) or "none"})'
+      )
+    try:
+      meta = manager.restore(
+        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+      ).meta
+    except (KeyError, ValueError, OSError) as e:
+      raise CheckpointError(
+        f'{os.path.join(directory, str(step))}: not a readable training '
+        f'checkpoint ({_first_line(e)})'
+      ) from e
+  return Step(directory, step, meta if isinstance(meta, dict) else {})
+
+
+def restore_params(step: Step, target: Any) -> Any:
+  """Reads only the params of a step (Orbax partial restore, no optimizer
+  state) onto `target`, a tree of `jax.ShapeDtypeStruct`s with shardings.
+
+  Raises:
+    CheckpointError: params that do not restore as `target`.
+  """
+  restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+  with _read_only_manager(step.directory) as manager:
+    try:
+      restored = manager.restore(
+        step.step,
+        args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore(
+            item={'params': target},
+            restore_args={'params': restore_args},
+            partial_restore=True,
+          )
+        ),
+      )
+    except (KeyError, ValueError, OSError) as e:
+      raise CheckpointError(
+        f'{step.path}: its params do not restore as the recorded model '
+        f'({_first_line(e)})'
+      ) from e
+  return restored.state['params']
+
+
+def _first_line(error: Exception) -> str:
+  return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+# ---------------------------------------------------------------------------
+# Metrics.
+
+
+class _JsonlWriter:
+  """Appends each `write_scalars` to `metrics.jsonl` as one JSON object; a
+  clu `MetricWriter` by its methods (clu is imported only where a run
+  writes metrics: it loads TensorFlow, which model conversion does not
+  need)."""
+
+  def __init__(self, path: epath.Path):
+    self._path = path
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    record = {'step': int(step)}
+    for name, value in scalars.items():
+      value = float(value)
+      # JSON has no NaN/Inf; null keeps the line parseable.
+      record[name] = value if math.isfinite(value) else None
+    with self._path.open('a') as f:
+      f.write(json.dumps(record, sort_keys=True) + '\n')
+
+  # What else clu writes has no place in a file of scalars.
+  def _ignore(self, *args, **kwargs) -> None:
+    del args, kwargs
+
+  write_summaries = write_images = write_videos = write_audios = _ignore
+  write_texts = write_histograms = write_hparams = flush = close = _ignore
+
+
+def create_metric_writer(workdir: str, is_writer: bool) -> Any:
+  """A clu `MetricWriter` to the log, TensorBoard (`tb/`) and
+  `metrics.jsonl`; on processes other than the writer (process 0), to the
+  log only."""
+  from clu import metric_writers
+
+  if not is_writer:
+    return metric_writers.create_default_writer(
+      just_logging=True, asynchronous=False
+    )
+  tensorboard = metric_writers.create_default_writer(
+    os.path.join(workdir, 'tb'), asynchronous=False
+  )
+  jsonl = _JsonlWriter(epath.Path(workdir) / METRICS_FILE)
+  return metric_writers.MultiWriter([tensorboard, jsonl])
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The records of `metrics.jsonl`, oldest first."""
+  path = epath.Path(workdir) / METRICS_FILE
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def plot_learning_curves(
+  workdir: str, baselines: Mapping[str, float] | None = None
+) -> str | None:
+  """Draws loss and accuracy curves from `metrics.jsonl` into a PNG and
+  returns its path (None when there is nothing to draw). `baselines` are
+  horizontal reference lines on the accuracy panel, e.g. the
+  most-frequent-token MLM accuracy."""
+  records = read_metrics(workdir)
+  if not records:
+    return None
+  import matplotlib  # Imported here: only the end of a run draws.
+
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt
+
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for ax, title in zip(axes, ('loss', 'accuracy'), strict=True):
+    for head in ('train/mlm', 'train/nsp', 'eval/mlm'):
+      key = f'{head}_{title}'
+      points = [(r['step'], r[key]) for r in records if r.get(key) is not None]
+      if points:
+        steps, values = zip(*points, strict=True)
+        ax.plot(steps, values, label=key, marker='.' if 'eval' in key else '')
+    if title == 'accuracy':
+      for name, value in (baselines or {}).items():
+        ax.axhline(value, linestyle='--', color='gray', label=name)
+    ax.set_xlabel('step')
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  path = os.path.join(workdir, CURVES_FILE)
+  with epath.Path(path).open('wb') as f:
+    fig.savefig(f, format='png', dpi=100)
+  plt.close(fig)
+  logging.info('Learning curves: %s', path)
+  return path

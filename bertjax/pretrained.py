@@ -71,7 +71,9 @@ def resolve(name_or_path: str) -> str:
   Raises:
     FileNotFoundError: neither a path that exists nor a preset.
   """
-  if os.path.exists(name_or_path) or os.path.exists(name_or_path + '.index'):
+  if '://' in name_or_path or any(
+    os.path.exists(name_or_path + suffix) for suffix in ('', '.index')
+  ):
     return name_or_path
   if name_or_path in PRESETS:
     return os.fspath(corpora.fetch(PRESETS[name_or_path]))

@@ -88,6 +88,14 @@ def compute_run_shape(
     raise TrainingError(
       f'nan_policy {config.nan_policy!r} is not one of stop, skip'
     )
+  if config.data.host_sharding not in pipeline.HOST_SHARDINGS:
+    raise TrainingError(
+      f'data.host_sharding {config.data.host_sharding!r} is not one of '
+      f'{", ".join(pipeline.HOST_SHARDINGS)}'
+    )
+  for name in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps'):
+    if config[name] < 0:
+      raise TrainingError(f'{name} must be >= 0, got {config[name]}')
   return RunShape(
     global_batch=global_batch,
     per_host_batch=global_batch // process_count,
@@ -588,25 +596,38 @@ def _make_global(batch: Batch, batch_sharding) -> dict[str, jax.Array]:
   }
 
 
+def get_masking_config(
+  config: ml_collections.ConfigDict,
+) -> examples.MaskingConfig:
+  """How a run masks its examples (`config.data`); checked when built."""
+  d = config.data
+  return examples.MaskingConfig(
+    masked_lm_prob=d.masked_lm_prob,
+    max_predictions_per_seq=d.max_predictions_per_seq,
+    mask_token_prob=d.mask_token_prob,
+    random_token_prob=d.random_token_prob,
+    keep_token_prob=d.keep_token_prob,
+    whole_word_mask=d.whole_word_mask,
+  )
+
+
 def pipeline_config(
-  config, data: records.PreparedData, per_host_batch: int
+  config: ml_collections.ConfigDict,
+  data: records.PreparedData,
+  per_host_batch: int,
+  masking: examples.MaskingConfig | None = None,
 ) -> pipeline.PipelineConfig:
   """The input pipeline of a run: `config.data` over the prepared files."""
-  d = config.data
   return pipeline.PipelineConfig(
     train_file_patterns=data.train_patterns,
     eval_file_patterns=data.eval_patterns,
     tokenizer_path=data.tokenizer_path,
     per_host_batch_size=per_host_batch,
     max_seq_length=config.max_seq_length,
-    mlm=examples.MaskingConfig(
-      masked_lm_prob=d.masked_lm_prob,
-      max_predictions_per_seq=d.max_predictions_per_seq,
-      whole_word_mask=d.whole_word_mask,
-    ),
+    mlm=masking or get_masking_config(config),
     seed=config.seed,
-    shuffle_window=d.shuffle_buffer,
-    host_sharding=d.host_sharding,
+    shuffle_window=config.data.shuffle_buffer,
+    host_sharding=config.data.host_sharding,
   )
 
 
@@ -627,6 +648,7 @@ def train_and_evaluate(
   rules = sharding.default_logical_axis_rules(config.mesh.extra_rules)
   shape = compute_run_shape(config, mesh)
   tx, schedule = create_optimizer(config)
+  masking = get_masking_config(config)
   # The model config is checked before the data is prepared (which can take
   # minutes), with a stand-in for the vocabulary size the data decides.
   get_model_config(config, vocab_size=1)
@@ -653,7 +675,7 @@ def train_and_evaluate(
   state, state_shardings = create_train_state(
     module, tx, mesh, rules, init_rng, init_params
   )
-  data_config = pipeline_config(config, data, shape.per_host_batch)
+  data_config = pipeline_config(config, data, shape.per_host_batch, masking)
   train_iter = pipeline.create_train_iterator(
     data_config, jax.process_index(), jax.process_count()
   )
@@ -669,6 +691,7 @@ def train_and_evaluate(
       tokenizer=tokenizer if '://' in tokenizer else os.path.abspath(tokenizer),
     ),
   )
+  writer = None
   try:
     state, start_step = checkpointer.restore_latest(state, train_iter)
     if start_step:
@@ -690,7 +713,7 @@ def train_and_evaluate(
     writer = workdir.create_metric_writer(workdir_path, is_writer)
     report_progress = periodic_actions.ReportProgress(
       num_train_steps=shape.total_steps,
-      every_steps=config.log_every_steps,
+      every_steps=config.log_every_steps or None,
       every_secs=None,
     )
     flops_per_example = get_train_flops_per_example(
@@ -761,6 +784,7 @@ def train_and_evaluate(
             if latest is not None
             else 'no checkpoint was saved before it'
           )
+          message += ' (--config.nan_policy=skip drops such updates)'
           if config.nan_policy == 'stop':
             raise TrainingError(message)
           logging.warning('Skipped the update of step %d: %s', step, message)
@@ -781,8 +805,9 @@ def train_and_evaluate(
         if preemption.requested:
           logging.warning('Saved step %d after SIGTERM; exiting.', step)
           break
-    writer.close()
   finally:
+    if writer is not None:
+      writer.close()
     checkpointer.close()
   logging.info(
     'Finished at step %d; params checksum %s',

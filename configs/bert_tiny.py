@@ -40,16 +40,15 @@ def get_config(arg=None):
 
   # A tiny model on a short run underfits: dropout only slows it (as in
   # Cramming), and it tolerates a learning rate 20x BERT-base's with a short
-  # warmup. Measured on 2 CPU cores at step 100: MLM accuracy 0.051 with
-  # (2e-3, no dropout) against 0.047 with (1e-3, dropout 0.1).
+  # warmup (the sweep is in BENCHMARKS.md).
   config.model.hidden_dropout_prob = 0.0
   config.model.attention_probs_dropout_prob = 0.0
   config.optim.name = 'adamw'
   config.optim.learning_rate = 2e-3
   config.optim.warmup_steps = 60
   config.optim.weight_decay = 0.01
-  # CPUs have no datasheet peak in bertjax.flops: this is the float32
-  # matmul ceiling measured in JAX on the 2-core dev machine (Zen 4), so
-  # perf/mfu is relative to what such a machine can do. Set your own.
+  # CPUs have no data-sheet peak (bertjax.trainer.PEAK_FLOPS_PER_DEVICE):
+  # this is the float32 matmul ceiling JAX reaches on a 2-core Zen 4 VM
+  # (BENCHMARKS.md), so perf/mfu is relative to such a machine. Set your own.
   config.perf.peak_flops_per_device = 190e9
   return config.lock()

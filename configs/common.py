@@ -63,10 +63,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Split each step's batch into this many sequential micro-batches
   # (gradient accumulation by lax.scan).
   config.micro_batches = 1
-  # Console line + metrics.jsonl + TensorBoard every N steps.
+  # Log + metrics.jsonl + TensorBoard every N steps (0: only at the end).
   config.log_every_steps = 100
-  # Evaluate on the held-out split every N steps (0 = never; always at the
-  # end when an eval split exists).
+  # Evaluate on the held-out split every N steps (0: only at the end), when
+  # there is one.
   config.eval_every_steps = 10_000
   # Batches of the eval split per evaluation.
   config.eval_steps = 50
@@ -106,8 +106,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.eval_files = ''
   # Fraction of documents held out for eval when eval_files is ''.
   config.data.eval_fraction = 0.02
-  # WordPiece vocab.txt or SentencePiece .model; '' = build one for the
-  # demo corpus.
+  # WordPiece vocab.txt or SentencePiece .model; '' = train a WordPiece
+  # vocab on the text inputs (or the demo corpus).
   config.data.tokenizer = ''
   # Lower-case WordPiece input (uncased vocabularies).
   config.data.do_lower_case = True
@@ -119,6 +119,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.max_predictions_per_seq = 20
   # Share of a sequence's tokens to predict.
   config.data.masked_lm_prob = 0.15
+  # What a chosen token becomes: [MASK], a random ordinary token, or
+  # itself, with these probabilities (BERT's 80/10/10; they sum to 1).
+  config.data.mask_token_prob = 0.8
+  config.data.random_token_prob = 0.1
+  config.data.keep_token_prob = 0.1
   # Mask all pieces of a word or none.
   config.data.whole_word_mask = False
   # Next-sentence prediction (False packs full sentences, RoBERTa-style).
@@ -156,6 +161,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.mesh.extra_rules = ()
 
   config.perf = ml_collections.ConfigDict()
-  # Peak FLOP/s of one device for MFU; 0 = from bertjax.flops's table.
+  # Peak FLOP/s of one device for MFU; 0 = the data-sheet table in
+  # bertjax.trainer.
   config.perf.peak_flops_per_device = 0.0
   return config

@@ -89,7 +89,7 @@ def run(
 # on CPU a training step's vocabulary logits and their gradients, and in
 # example creation each batch's arrays) with a fresh mmap that the kernel
 # fills one 4 KB page fault at a time. Transparent huge pages for malloc, a
-# glibc (>= 2.35) tunable read only at process start, cut those faults 17x
+# glibc (>= 2.35) tunable read only at process start, cut most of them
 # (BENCHMARKS.md has what that is worth). So such a command restarts itself
 # once with the tunable set, before anything heavy is imported; processes
 # it spawns inherit it. Accelerators do not care, and older glibc ignores

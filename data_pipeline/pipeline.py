@@ -112,7 +112,7 @@ _MASK_SEED = 2
 # epoch's reading order.
 _EPOCH_STRIDE = 1 << 32
 
-_HOST_SHARDINGS = ('files', 'batch')
+HOST_SHARDINGS = ('files', 'batch')
 
 _INPUT_FEATURES = ('input_ids', 'input_mask', 'segment_ids')
 _MASKED_FEATURES = ('masked_lm_positions', 'masked_lm_ids', 'masked_lm_weights')
@@ -489,7 +489,8 @@ class Iterator(collections.abc.Iterator):
 
   def save(self, prefix: str) -> None:
     """Writes the position to `prefix.index`, `prefix.data-*` and `.json`;
-    call it on every host, with a per-host prefix (`{dir}/input_{host}`)."""
+    call it on every host, with a per-host prefix (bertjax.workdir uses
+    `<step>/data/process_<i>/iterator`)."""
     tf.train.Checkpoint(iterator=self._iterator).write(prefix)
     meta = {
       'process_index': self._process[0],
@@ -586,9 +587,9 @@ def create_train_iterator(
     An `Iterator` of dicts of numpy arrays (see the module docstring).
   """
   _check_host(process_index, process_count)
-  if config.host_sharding not in _HOST_SHARDINGS:
+  if config.host_sharding not in HOST_SHARDINGS:
     raise RecordError(
-      f'host_sharding={config.host_sharding!r}, not one of {_HOST_SHARDINGS}'
+      f'host_sharding={config.host_sharding!r}, not one of {HOST_SHARDINGS}'
     )
   files, record_format, mask_kwargs = _prepare(
     config, config.train_file_patterns

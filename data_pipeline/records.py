@@ -267,7 +267,7 @@ class Worker:
 
     def tokenize_and_count(texts):
       # The UTF-8 bytes of the text too, for the stats: here they cost
-      # nothing, where encoding every sentence again in Python cost ~2%.
+      # nothing, where encoding every sentence again in Python would not.
       return tokenize(texts), tf.reduce_sum(tf.strings.length(texts))
 
     # autograph=False: plain graph code, and converting it (tf_text's

@@ -236,6 +236,7 @@ class TrainingTest:
     config = _config(
       num_train_steps=6,
       checkpoint_every_steps=1,
+      log_every_steps=0,  # only at the end: progress reports then too
       **{'optim.learning_rate': 1e38, 'optim.warmup_steps': 0},
     )
     with pytest.raises(trainer.TrainingError, match='non-finite loss') as e:
@@ -550,6 +551,9 @@ class ConfigErrorTest:
       ({'data.input_files': '/nonexistent/*.txt'}, 'no file matches'),
       ({'nan_policy': 'ignore'}, 'nan_policy'),
       ({'optim.name': 'sgd'}, 'optim.name'),
+      ({'data.mask_token_prob': 0.5}, 'must sum to 1'),
+      ({'data.host_sharding': 'rows'}, 'host_sharding'),
+      ({'log_every_steps': -1}, 'log_every_steps must be >= 0'),
       ({'model.size': 'huge'}, 'huge'),
     ],
   )

@@ -693,7 +693,13 @@ def train_and_evaluate(
   )
   writer = None
   try:
-    state, start_step = checkpointer.restore_latest(state, train_iter)
+    try:
+      state, start_step = checkpointer.restore_latest(state, train_iter)
+    except pipeline.RecordError as e:
+      raise TrainingError(
+        f'{e}; {workdir_path} holds a run on other data or settings: resume '
+        'it with those, or start afresh in another workdir'
+      ) from e
     if start_step:
       logging.info('Resumed from step %d in %s', start_step, workdir_path)
     batch_sharding = sharding.batch_sharding(mesh)

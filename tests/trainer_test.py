@@ -188,6 +188,14 @@ class TrainingTest:
     )
     np.testing.assert_allclose(losses[6], expected[6], rtol=1e-3)
 
+  def test_a_workdir_of_other_data_is_not_resumed(self, demo_data, tmp_path):
+    del demo_data
+    trainer.train_and_evaluate(_config(num_train_steps=1), str(tmp_path))
+    other = _config(num_train_steps=2, **{'data.shuffle_buffer': 128})
+    with pytest.raises(trainer.TrainingError, match='start afresh in another'):
+      trainer.train_and_evaluate(other, str(tmp_path))
+    assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1']
+
   def test_gradient_accumulation_equals_the_big_batch(self, demo_data):
     del demo_data
     big, accumulated = (

@@ -81,10 +81,24 @@ def config_from_hf(hf_config: Mapping[str, Any]) -> model.BertConfig:
   )
 
 
-def config_to_hf(config: model.BertConfig) -> dict[str, Any]:
-  """The `config.json` of a transformers `BertForPreTraining`."""
-  return dict(
-    architectures=['BertForPreTraining'],
+# The transformers class of each `model.Head` kind.
+ARCHITECTURES = {
+  'pretraining': 'BertForPreTraining',
+  'sequence_classification': 'BertForSequenceClassification',
+  'token_classification': 'BertForTokenClassification',
+  'question_answering': 'BertForQuestionAnswering',
+}
+
+
+def config_to_hf(
+  config: model.BertConfig,
+  head: model.Head = model.PRETRAINING,
+  labels: list[str] | None = None,
+) -> dict[str, Any]:
+  """The `config.json` of the transformers class of `head`; `labels` (the
+  class names, by id) become its `id2label` / `label2id`."""
+  out = dict(
+    architectures=[ARCHITECTURES[head.kind]],
     model_type='bert',
     **{k: getattr(config, k) for k in config.shared_fields()},
     pad_token_id=0,
@@ -92,6 +106,16 @@ def config_to_hf(config: model.BertConfig) -> dict[str, Any]:
     # The storage dtype of model.safetensors (`params_to_hf` casts to it).
     dtype=config.param_dtype,
   )
+  if head.kind in ('sequence_classification', 'token_classification'):
+    out['num_labels'] = head.num_labels
+    if head.kind == 'sequence_classification':
+      out['problem_type'] = (
+        'regression' if head.num_labels == 1 else 'single_label_classification'
+      )
+    if labels:
+      out['id2label'] = {str(i): name for i, name in enumerate(labels)}
+      out['label2id'] = {name: i for i, name in enumerate(labels)}
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,8 +133,10 @@ class _Tensor:
   linear: bool = False
 
 
-def _tensors(config: model.BertConfig) -> list[_Tensor]:
-  """Every tensor of a `BertForPreTraining` with `config`."""
+def _tensors(
+  config: model.BertConfig, head: model.Head = model.PRETRAINING
+) -> list[_Tensor]:
+  """Every tensor of the transformers class of `head` with `config`."""
   h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
 
   def dense(hf, ours, n_in, n_out, **where):
@@ -163,10 +189,18 @@ def _tensors(config: model.BertConfig) -> list[_Tensor]:
     tensors += norm(
       f'{hf}.output.LayerNorm', f'{ours}/output_layer_norm', **where
     )
+  pooler = dense('bert.pooler.dense', 'bert/pooler', h, h, head='bert/pooler')
+  if head.kind == 'sequence_classification':
+    classifier = dense('classifier', 'classifier', h, head.num_labels)
+    return [*tensors, *pooler, *classifier]
+  if head.kind == 'token_classification':
+    return [*tensors, *dense('classifier', 'classifier', h, head.num_labels)]
+  if head.kind == 'question_answering':
+    return [*tensors, *dense('qa_outputs', 'qa_outputs', h, 2)]
   cls = 'cls.predictions'
   return [
     *tensors,
-    *dense('bert.pooler.dense', 'bert/pooler', h, h, head='bert/pooler'),
+    *pooler,
     *dense(
       f'{cls}.transform.dense', 'mlm_head/transform', h, h, head='mlm_head'
     ),
@@ -331,15 +365,18 @@ def _init_heads(config, rng, heads):
 
 
 def params_to_hf(
-  params: Mapping[str, Any], config: model.BertConfig
+  params: Mapping[str, Any],
+  config: model.BertConfig,
+  head: model.Head = model.PRETRAINING,
 ) -> dict[str, np.ndarray]:
-  """Converts bertjax params to a transformers `BertForPreTraining` state dict.
+  """Converts bertjax params to the state dict of the transformers class of
+  `head` (`BertForPreTraining`, `BertForSequenceClassification`, ...).
 
-  `params` are the full params of `config` (plain or `nn.Partitioned`-boxed,
-  layers stacked or not as `config.scan_layers` says). The tied MLM decoder
-  is not written: transformers ties `cls.predictions.decoder.weight` to the
-  word embeddings and `cls.predictions.decoder.bias` to
-  `cls.predictions.bias` when loading.
+  `params` are the full params of `config` and `head` (plain or
+  `nn.Partitioned`-boxed, layers stacked or not as `config.scan_layers`
+  says). The tied MLM decoder is not written: transformers ties
+  `cls.predictions.decoder.weight` to the word embeddings and
+  `cls.predictions.decoder.bias` to `cls.predictions.bias` when loading.
 
   Returns:
     Tensor name -> contiguous numpy array in `config.param_dtype`.
@@ -348,12 +385,12 @@ def params_to_hf(
     model.WeightsError: a parameter is missing or does not fit the config.
   """
   params = nn.unbox(params)
-  model.check_params(params, config, 'params')
+  model.check_params(params, config, 'params', head)
   leaves, _ = jax.tree_util.tree_flatten_with_path(params)
   flat = {'/'.join(str(k.key) for k in path): x for path, x in leaves}
   dtype = jnp.dtype(config.param_dtype)
   out = {}
-  for t in _tensors(config):
+  for t in _tensors(config, head):
     value = np.asarray(flat[t.path])
     if config.scan_layers and t.layer is not None:
       value = value[t.layer]
@@ -504,14 +541,19 @@ def read_params(
 
 
 def save(
-  model_dir: str, config: model.BertConfig, params: Mapping[str, Any]
+  model_dir: str,
+  config: model.BertConfig,
+  params: Mapping[str, Any],
+  head: model.Head = model.PRETRAINING,
+  labels: list[str] | None = None,
 ) -> None:
-  """Writes `config.json` and `model.safetensors`, which
-  `transformers.BertForPreTraining.from_pretrained` loads as they are."""
-  state_dict = params_to_hf(params, config)
+  """Writes `config.json` and `model.safetensors`, which the transformers
+  class of `head` (`ARCHITECTURES`) loads with `from_pretrained` as they
+  are; `labels` name the classes of a classification head."""
+  state_dict = params_to_hf(params, config, head)
   os.makedirs(model_dir, exist_ok=True)
   with open(os.path.join(model_dir, CONFIG_FILE), 'w', encoding='utf-8') as f:
-    json.dump(config_to_hf(config), f, indent=2, sort_keys=True)
+    json.dump(config_to_hf(config, head, labels), f, indent=2, sort_keys=True)
     f.write('\n')
   # transformers expects the 'pt' format tag that its own writer sets.
   safetensors.numpy.save_file(

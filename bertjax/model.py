@@ -1,10 +1,13 @@
 """The BERT encoder and its pretraining heads, as Flax modules.
 
 This module owns the network only: `BertConfig` (BERT's own field names, a
-frozen dataclass), the named size presets, and the modules `BertModel`
-(embeddings, post-LN Transformer encoder, pooler) and `BertForPreTraining`
-(plus the masked-LM head, tied to the word embeddings, and the next-sentence
-head). It imports nothing from training, data or checkpointing and never sees
+frozen dataclass), the named size presets, the encoder `BertModel`
+(embeddings, post-LN Transformer encoder, pooler) and the output layers on
+it, named by a `Head`: `BertForPreTraining` (the masked-LM head, tied to the
+word embeddings, and the next-sentence head) and the fine-tuning heads
+`BertForSequenceClassification` (also regression),
+`BertForTokenClassification` and `BertForQuestionAnswering`, laid out as
+transformers' classes of those names so that weights map one to one. It imports nothing from training, data or checkpointing and never sees
 a mesh: parameters carry logical axis names (`sharding.py` maps them onto mesh
 axes) and activations are constrained by logical names at block boundaries,
 which is a no-op unless the caller installs axis rules.
@@ -474,12 +477,16 @@ class BertModel(nn.Module):
   """The BERT encoder: embeddings, Transformer layers, pooler."""
 
   config: BertConfig
+  # The tanh pooler over [CLS]; heads that read every token have none (as in
+  # transformers' token classification and QA models).
+  add_pooling_layer: bool = True
 
   def setup(self):
     c = self.config
     self.embeddings = BertEmbeddings(c)
     self.encoder = BertEncoder(c)
-    self.pooler = _dense(c, c.hidden_size, (EMBED, MLP), name=None)
+    if self.add_pooling_layer:
+      self.pooler = _dense(c, c.hidden_size, (EMBED, MLP), name=None)
 
   def __call__(
     self,
@@ -498,8 +505,8 @@ class BertModel(nn.Module):
 
     Returns:
       sequence_output `[batch, seq_len, hidden_size]` and pooled_output
-      `[batch, hidden_size]` (dense + tanh of the `[CLS]` state), both in the
-      compute dtype.
+      `[batch, hidden_size]` (dense + tanh of the `[CLS]` state; None
+      without a pooler), both in the compute dtype.
     """
     seq_len = input_ids.shape[-1]
     if seq_len > self.config.max_position_embeddings:
@@ -513,8 +520,9 @@ class BertModel(nn.Module):
       segment_ids = jnp.zeros_like(input_ids)
     x = self.embeddings(input_ids, segment_ids, deterministic)
     x = self.encoder(x, create_attention_bias(input_mask), deterministic)
-    pooled = jnp.tanh(self.pooler(x[:, 0]))
-    return x, pooled
+    if not self.add_pooling_layer:
+      return x, None
+    return x, jnp.tanh(self.pooler(x[:, 0]))
 
   def attend(self, x: jax.Array) -> jax.Array:
     """The tied MLM decoder: float32 `[..., vocab_size]` scores of x."""
@@ -609,8 +617,128 @@ class BertForPreTraining(nn.Module):
     )
 
 
-def init_params(config: BertConfig, rng: jax.Array) -> dict[str, Any]:
-  """Freshly initialised `BertForPreTraining` parameters.
+class BertForSequenceClassification(nn.Module):
+  """Pooled `[CLS]` -> dropout -> dense: a label per text (or text pair);
+  with `num_labels=1`, a regression score."""
+
+  config: BertConfig
+  num_labels: int
+
+  @nn.compact
+  def __call__(
+    self,
+    input_ids: jax.Array,
+    input_mask: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
+    deterministic: bool = True,
+  ) -> dict[str, jax.Array]:
+    """Inputs as `BertModel`; returns float32 `logits` `[batch,
+    num_labels]`."""
+    c = self.config
+    _, pooled = BertModel(c, name='bert')(
+      input_ids, input_mask, segment_ids, deterministic
+    )
+    pooled = nn.Dropout(c.hidden_dropout_prob)(pooled, deterministic)
+    logits = _dense(c, self.num_labels, (EMBED, CLASSES), name='classifier')(
+      pooled
+    )
+    return dict(logits=logits.astype(jnp.float32))
+
+
+class BertForTokenClassification(nn.Module):
+  """Every token's final state -> dropout -> dense: a label per token."""
+
+  config: BertConfig
+  num_labels: int
+
+  @nn.compact
+  def __call__(
+    self,
+    input_ids: jax.Array,
+    input_mask: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
+    deterministic: bool = True,
+  ) -> dict[str, jax.Array]:
+    """Inputs as `BertModel`; returns float32 `logits` `[batch, seq_len,
+    num_labels]`."""
+    c = self.config
+    sequence, _ = BertModel(c, add_pooling_layer=False, name='bert')(
+      input_ids, input_mask, segment_ids, deterministic
+    )
+    sequence = nn.Dropout(c.hidden_dropout_prob)(sequence, deterministic)
+    logits = _dense(c, self.num_labels, (EMBED, CLASSES), name='classifier')(
+      sequence
+    )
+    return dict(logits=logits.astype(jnp.float32))
+
+
+class BertForQuestionAnswering(nn.Module):
+  """Every token's final state -> dense to 2: answer start and end scores."""
+
+  config: BertConfig
+  num_labels: int = 2  # start and end; a Head's field, fixed here
+
+  @nn.compact
+  def __call__(
+    self,
+    input_ids: jax.Array,
+    input_mask: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
+    deterministic: bool = True,
+  ) -> dict[str, jax.Array]:
+    """Inputs as `BertModel`; returns float32 `start_logits` and
+    `end_logits`, each `[batch, seq_len]`."""
+    c = self.config
+    sequence, _ = BertModel(c, add_pooling_layer=False, name='bert')(
+      input_ids, input_mask, segment_ids, deterministic
+    )
+    logits = _dense(c, 2, (EMBED, CLASSES), name='qa_outputs')(sequence)
+    logits = logits.astype(jnp.float32)
+    return dict(start_logits=logits[..., 0], end_logits=logits[..., 1])
+
+
+@dataclasses.dataclass(frozen=True)
+class Head:
+  """The output layer on the encoder, and its width."""
+
+  kind: str = 'pretraining'  # a key of HEAD_MODULES
+  # Classes (1: a regression score); pretraining and QA ignore it.
+  num_labels: int = 2
+
+  def __post_init__(self):
+    if self.kind not in HEAD_MODULES:
+      raise ConfigError(
+        f'head {self.kind!r} is not one of {", ".join(HEAD_MODULES)}'
+      )
+    if not isinstance(self.num_labels, int) or self.num_labels < 1:
+      raise ConfigError(f'num_labels must be >= 1, got {self.num_labels!r}')
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+HEAD_MODULES: dict[str, type[nn.Module]] = {
+  'pretraining': BertForPreTraining,
+  'sequence_classification': BertForSequenceClassification,
+  'token_classification': BertForTokenClassification,
+  'question_answering': BertForQuestionAnswering,
+}
+PRETRAINING = Head()
+
+
+def create_model(config: BertConfig, head: Head = PRETRAINING) -> nn.Module:
+  """The module of `head` on an encoder of `config`."""
+  if head.kind == 'pretraining':
+    return BertForPreTraining(config)
+  if head.kind == 'question_answering':
+    return BertForQuestionAnswering(config)
+  return HEAD_MODULES[head.kind](config, head.num_labels)
+
+
+def init_params(
+  config: BertConfig, rng: jax.Array, head: Head = PRETRAINING
+) -> dict[str, Any]:
+  """Freshly initialised parameters of `create_model(config, head)`.
 
   The one place parameters are born: a training state, the shapes a
   checkpoint is checked against and the heads a checkpoint lacks all come
@@ -621,8 +749,10 @@ def init_params(config: BertConfig, rng: jax.Array) -> dict[str, Any]:
     logical axis names (`nn.unbox` drops them).
   """
   ids = jnp.zeros((1, 1), jnp.int32)
-  bert = BertForPreTraining(config)
-  return bert.init(rng, ids, masked_lm_positions=ids)['params']
+  module = create_model(config, head)
+  if head.kind == 'pretraining':
+    return module.init(rng, ids, masked_lm_positions=ids)['params']
+  return module.init(rng, ids)['params']
 
 
 def flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
@@ -634,11 +764,14 @@ def flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
   }
 
 
-def param_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
-  """The shape of every parameter `config` implies, with no compute."""
+def param_shapes(
+  config: BertConfig, head: Head = PRETRAINING
+) -> dict[str, tuple[int, ...]]:
+  """The shape of every parameter `config` (and `head`) implies, with no
+  compute."""
   # Bound, not passed: eval_shape would take the config (it has a `dtype`)
   # for an array.
-  init = functools.partial(init_params, config)
+  init = functools.partial(init_params, config, head=head)
   return flat_shapes(jax.eval_shape(init, jax.random.key(0)))
 
 
@@ -674,6 +807,8 @@ def check_shapes(
     )
 
 
-def check_params(params: Any, config: BertConfig, source: str) -> None:
+def check_params(
+  params: Any, config: BertConfig, source: str, head: Head = PRETRAINING
+) -> None:
   """Checks a params tree (arrays or shape metadata) against `config`."""
-  check_shapes(flat_shapes(params), param_shapes(config), source)
+  check_shapes(flat_shapes(params), param_shapes(config, head), source)

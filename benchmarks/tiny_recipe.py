@@ -53,18 +53,15 @@ def _read_batches(config, data_files, steps):
 
 def _train_bertjax(bert_config, config, batches, evals):
   module = model.BertForPreTraining(bert_config)
+  objective = trainer.Pretraining(module, use_nsp=bool(config.data.nsp))
   tx, schedule = trainer.create_optimizer(config)
   mesh = sharding.create_mesh((-1, 1, 1))
   rules = sharding.default_logical_axis_rules()
   state, _ = trainer.create_train_state(
     module, tx, mesh, rules, jax.random.key(config.seed)
   )
-  step = trainer.jit_train_step(module, schedule, use_nsp=bool(config.data.nsp))
-  evaluate = jax.jit(
-    functools.partial(
-      trainer.eval_step, module=module, use_nsp=bool(config.data.nsp)
-    )
-  )
+  step = trainer.jit_train_step(objective, schedule)
+  evaluate = jax.jit(functools.partial(trainer.eval_step, objective=objective))
   history = []
   for batch in batches:
     state, metrics = step(state, batch, jax.random.key(1))

@@ -64,7 +64,7 @@ def _jax_runner(dtype, batch):
   state, _ = trainer.create_train_state(
     module, tx, mesh, rules, jax.random.key(0)
   )
-  step = trainer.jit_train_step(module, schedule)
+  step = trainer.jit_train_step(trainer.Pretraining(module), schedule)
   holder = {'state': state}
 
   def run(n):

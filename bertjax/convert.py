@@ -6,7 +6,10 @@ r"""Command line: convert a BERT checkpoint between formats.
 The source is anything `bertjax.pretrained` loads: a Hugging Face directory,
 a bertjax model directory, an original Google TF checkpoint, a training
 workdir (or one of its steps), or a pretrained model name. `--to_format`
-defaults to bertjax, or to hf when the source is a bertjax model.
+defaults to bertjax, or to hf when the source is a bertjax model or a
+fine-tuning workdir (whose best params become the matching transformers
+class: `BertForSequenceClassification`, `BertForTokenClassification`, with
+its labels as `id2label`).
 Pretraining heads that the source lacks (a `BertModel`-only checkpoint) are
 initialised freshly and named in the log. The tokenizer file travels along;
 a bertjax directory does not record lower-casing (bertjax infers it from
@@ -18,7 +21,7 @@ import os
 
 from absl import flags, logging
 
-from bertjax import hf, pretrained
+from bertjax import hf, model, pretrained, workdir
 from data_pipeline import cli
 
 _FROM = flags.DEFINE_string(
@@ -56,7 +59,20 @@ def convert(
   """
   source = pretrained.resolve(source)
   kind = pretrained.detect_format(source)
-  to_format = to_format or ('hf' if kind == 'bertjax' else 'bertjax')
+  head, labels = model.PRETRAINING, None
+  if kind == 'training':
+    step = workdir.find_step(source)
+    head = pretrained.head_of_step(step)
+    labels = step.meta.get('task', {}).get('labels') or None
+    if do_lower_case is None:
+      do_lower_case = step.meta.get('task', {}).get('do_lower_case')
+  tuned = head != model.PRETRAINING
+  if tuned and to_format == 'bertjax':
+    raise ValueError(
+      f'{source}: a fine-tuned model converts to hf (its workdir is its '
+      'bertjax form)'
+    )
+  to_format = to_format or ('hf' if kind == 'bertjax' or tuned else 'bertjax')
   if os.path.exists(target) and (
     not os.path.isdir(target) or os.listdir(target)
   ):
@@ -73,6 +89,8 @@ def convert(
     tokenizer,
     format=to_format,
     do_lower_case=do_lower_case,
+    head=head,
+    labels=labels,
   )
   logging.info('converted %s (%s) to %s (%s)', source, kind, target, to_format)
   return to_format

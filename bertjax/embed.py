@@ -175,7 +175,8 @@ def create_embed_fn(
   unit L2 norm."""
   if pooling not in ('mean', 'cls'):
     raise EmbedError(f'pooling {pooling!r} is not mean or cls')
-  encoder = model.BertModel(config)
+  # The pooler is not used (and a tagging or QA model has none).
+  encoder = model.BertModel(config, add_pooling_layer=False)
 
   def embed(params, input_ids, input_mask):
     sequence, _ = encoder.apply({'params': params}, input_ids, input_mask)

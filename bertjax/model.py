@@ -1,4 +1,4 @@
-"""The BERT encoder and its pretraining heads, as Flax modules.
+"""The BERT encoder and its output layers, as Flax modules.
 
 This module owns the network only: `BertConfig` (BERT's own field names, a
 frozen dataclass), the named size presets, the encoder `BertModel`
@@ -7,10 +7,11 @@ it, named by a `Head`: `BertForPreTraining` (the masked-LM head, tied to the
 word embeddings, and the next-sentence head) and the fine-tuning heads
 `BertForSequenceClassification` (also regression),
 `BertForTokenClassification` and `BertForQuestionAnswering`, laid out as
-transformers' classes of those names so that weights map one to one. It imports nothing from training, data or checkpointing and never sees
-a mesh: parameters carry logical axis names (`sharding.py` maps them onto mesh
-axes) and activations are constrained by logical names at block boundaries,
-which is a no-op unless the caller installs axis rules.
+transformers' classes of those names so that weights map one to one. It
+imports nothing from training, data or checkpointing and never sees a mesh:
+parameters carry logical axis names (`sharding.py` maps them onto mesh axes)
+and activations are constrained by logical names at block boundaries, which
+is a no-op unless the caller installs axis rules.
 
 Semantics follow google-research/bert `modeling.py` (and transformers'
 `BertForPreTraining`, which follows it): exact-erf GELU, LayerNorm after each
@@ -724,6 +725,14 @@ HEAD_MODULES: dict[str, type[nn.Module]] = {
   'question_answering': BertForQuestionAnswering,
 }
 PRETRAINING = Head()
+
+
+def head_of(module: nn.Module) -> Head:
+  """The `Head` that `create_model` makes `module` for."""
+  for kind, cls in HEAD_MODULES.items():
+    if isinstance(module, cls):
+      return Head(kind, getattr(module, 'num_labels', 2))
+  raise ConfigError(f'{type(module).__name__} is not a BERT model with a head')
 
 
 def create_model(config: BertConfig, head: Head = PRETRAINING) -> nn.Module:

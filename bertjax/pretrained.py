@@ -167,16 +167,18 @@ def _relayout(params: dict[str, Any], num_layers: int, scan: bool) -> dict:
   return {**params, 'bert': {**params['bert'], 'encoder': encoder}}
 
 
-def _restore_orbax(saved, config, shardings, restore) -> dict[str, Any]:
-  """Restores params saved by Orbax with config `saved` as `config` (whose
-  dtype and layer layout may differ), onto `shardings` (a tree for
-  `config`'s layout) or None; `restore` reads the saved params onto a tree
-  of `jax.ShapeDtypeStruct`s."""
+def _restore_orbax(
+  saved, config, shardings, restore, head=model.PRETRAINING
+) -> dict[str, Any]:
+  """Restores params of `head` saved by Orbax with config `saved` as
+  `config` (whose dtype and layer layout may differ), onto `shardings` (a
+  tree for `config`'s layout) or None; `restore` reads the saved params
+  onto a tree of `jax.ShapeDtypeStruct`s."""
   relayout = saved.scan_layers != config.scan_layers
   # Bound, not passed: eval_shape would take the config (it has a `dtype`)
   # for an array.
   init = functools.partial(
-    model.init_params, saved.replace(param_dtype=config.param_dtype)
+    model.init_params, saved.replace(param_dtype=config.param_dtype), head=head
   )
   target = nn.unbox(jax.eval_shape(init, jax.random.key(0)))
   if shardings is None or relayout:
@@ -244,12 +246,21 @@ def _load_training(path, overrides, shardings):
     config,
     shardings,
     lambda target: workdir.restore_params(step, target),
+    head_of_step(step),
   )
   tokenizer = step.meta.get('tokenizer')
   if tokenizer and not os.path.isfile(tokenizer) and '://' not in tokenizer:
     logging.warning('%s: its tokenizer %s is gone', step.path, tokenizer)
     tokenizer = None
   return config, params, tokenizer
+
+
+def head_of_step(step: workdir.Step) -> model.Head:
+  """The head a training step's params have (fine-tuned runs record it)."""
+  try:
+    return model.Head(**step.meta.get('head', {}))
+  except (TypeError, model.ConfigError) as e:
+    raise workdir.CheckpointError(f'{step.path}: bad head record: {e}') from e
 
 
 def load(
@@ -273,6 +284,9 @@ def load(
 
   Returns:
     (config with the overrides, params, tokenizer file path or None).
+    The params are `BertForPreTraining`'s, except from a fine-tuning
+    workdir, whose params are its head's (`head_of_step`); every format
+    has the encoder under `bert`.
 
   Raises:
     FileNotFoundError: no model at `path`, or a file it needs is missing.
@@ -325,13 +339,17 @@ def save(
   *,
   format: str = 'bertjax',
   do_lower_case: bool | None = None,
+  head: model.Head = model.PRETRAINING,
+  labels: list[str] | None = None,
 ) -> None:
   """Writes a model directory that `load` (or transformers) reads.
 
   Args:
     model_dir: created if needed; must not hold a model already.
-    params: `BertForPreTraining` params (numpy or jax arrays, possibly
-      sharded or `nn.Partitioned`-boxed).
+    params: the params of `head` (numpy or jax arrays, possibly sharded or
+      `nn.Partitioned`-boxed); a fine-tuned head is written in the 'hf'
+      format only (as its transformers class, with `labels` as its
+      `id2label`).
     tokenizer_file: a WordPiece vocabulary or SentencePiece model to copy
       in (as `vocab.txt` or `spiece.model`).
     format: 'bertjax' or 'hf' (what `transformers.BertForPreTraining`
@@ -345,8 +363,12 @@ def save(
   """
   if format not in ('bertjax', 'hf'):
     raise ValueError(f'format {format!r} is not bertjax or hf')
+  if format == 'bertjax' and head != model.PRETRAINING:
+    raise ValueError(
+      'a fine-tuned model is saved as hf (its workdir is its bertjax form)'
+    )
   params = nn.unbox(params)
-  model.check_params(params, config, 'params to save')
+  model.check_params(params, config, 'params to save', head)
   for name in (PARAMS_DIR, CONFIG_FILE, hf.CONFIG_FILE):
     if os.path.exists(os.path.join(model_dir, name)):
       raise FileExistsError(f'{model_dir}: already holds a model ({name})')
@@ -355,7 +377,7 @@ def save(
   if tokenizer_file:
     shutil.copyfile(tokenizer_file, os.path.join(model_dir, tokenizer_name))
   if format == 'hf':
-    hf.save(model_dir, config, params)
+    hf.save(model_dir, config, params, head, labels)
     if do_lower_case is not None:
       hf.write_do_lower_case(model_dir, do_lower_case)
     return

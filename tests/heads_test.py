@@ -122,9 +122,7 @@ def test_bad_head_is_one_line():
 
 
 def test_dropout_applies_only_when_training():
-  config = model.get_config(
-    'tiny', vocab_size=VOCAB, hidden_dropout_prob=0.5
-  )
+  config = model.get_config('tiny', vocab_size=VOCAB, hidden_dropout_prob=0.5)
   head = HEADS['classification']
   params = _random_params(config, head)
   module = model.create_model(config, head)

@@ -232,7 +232,9 @@ class TrainingTest:
       k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
       for k, v in batch.items()
     }
-    step = trainer.jit_train_step(module, schedule, micro_batches=2)
+    step = trainer.jit_train_step(
+      trainer.Pretraining(module), schedule, micro_batches=2
+    )
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       compiled = step.lower(state, batch, jax.random.key(0)).compile()
     assert compiled.memory_analysis() is not None
@@ -305,7 +307,7 @@ def _run_one_step(config, mesh_shape, devices=None):
     module, tx, mesh, rules, jax.random.key(0)
   )
   step = trainer.jit_train_step(
-    module, schedule, micro_batches=config.micro_batches
+    trainer.Pretraining(module), schedule, micro_batches=config.micro_batches
   )
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     global_batch = jax.device_put(batch, sharding.batch_sharding(mesh))

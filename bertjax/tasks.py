@@ -1,0 +1,704 @@
+"""Fine-tuning: task objectives, the run, and predictions of a tuned model.
+
+A fine-tuning run (`finetune`, the loop of `python -m bertjax.finetune`)
+loads any model `bertjax.pretrained` reads, keeps its encoder, puts a fresh
+head on it (`model.Head`: sequence classification, regression or token
+classification), reads the task's files (`data_pipeline.task_data`) with the
+model's own tokenizer, and trains with the pretraining machinery: the mesh
+and sharding, the optimizer and schedule, the jitted step with donation,
+Orbax checkpoints with exact resume, SIGTERM and NaN handling, and the
+metric writers (`trainer.fit`). It evaluates on the eval file every epoch
+(or every `eval_every_steps`), keeps the best evaluation's params in
+`best/` and writes that evaluation's predictions to
+`eval_predictions.jsonl`.
+
+Task kinds and their objectives:
+
+* `classification`: cross-entropy over the labels found in the training
+  file; eval accuracy, F1 and Matthews correlation (`bertjax.metrics`).
+* `regression`: squared error of one score; eval Pearson, Spearman, MSE.
+* `tagging`: cross-entropy of each word's tag at its first piece; eval
+  entity-level F1 (seqeval semantics) and token accuracy.
+"""
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
+
+from bertjax import hf, metrics, model, pretrained, sharding, trainer, workdir
+from data_pipeline import task_data, tokenizers
+
+PREDICTIONS_FILE = 'eval_predictions.jsonl'
+HEAD_KINDS = {
+  'classification': 'sequence_classification',
+  'regression': 'sequence_classification',
+  'tagging': 'token_classification',
+}
+# The eval metric that picks the best checkpoint, by task kind.
+DEFAULT_BEST_METRIC = {
+  'classification': 'accuracy',
+  'regression': 'pearson',
+  'tagging': 'f1',
+}
+
+
+def get_head(kind: str, labels: Sequence[str]) -> model.Head:
+  if kind not in HEAD_KINDS:
+    raise trainer.TrainingError(
+      f'task {kind!r} is not one of {", ".join(HEAD_KINDS)}'
+    )
+  return model.Head(
+    HEAD_KINDS[kind], 1 if kind == 'regression' else len(labels)
+  )
+
+
+# ---------------------------------------------------------------------------
+# Objectives (`trainer.Objective`).
+
+
+@dataclasses.dataclass(frozen=True)
+class _TaskObjective:
+  """Shared by the task objectives: the forward pass and the summaries."""
+
+  module: nn.Module
+  summed = ('loss_sum', 'count', 'correct')
+
+  def outputs(self, params, batch, rng=None, deterministic=True):
+    return self.module.apply(
+      {'params': params},
+      batch['input_ids'],
+      batch['input_mask'],
+      batch['segment_ids'],
+      deterministic=deterministic,
+      rngs=None if deterministic else {'dropout': rng},
+    )
+
+  def summarize(self, sums, prefix):
+    count = max(float(sums['count']), 1e-8)
+    out = {f'{prefix}/loss': float(sums['loss_sum']) / count}
+    if 'correct' in sums:
+      out[f'{prefix}/accuracy'] = float(sums['correct']) / count
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Classification(_TaskObjective):
+  """Mean cross-entropy over the batch's real examples."""
+
+  def sums(self, params, batch, rng, deterministic):
+    logits = self.outputs(params, batch, rng, deterministic)['logits']
+    mask = batch['example_mask']
+    labels = batch['labels']
+    xent = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return dict(
+      loss_sum=jnp.sum(xent * mask),
+      count=jnp.sum(mask),
+      correct=jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+    )
+
+  def loss(self, sums, batch):
+    return sums['loss_sum'] / jnp.maximum(jnp.sum(batch['example_mask']), 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Regression(_TaskObjective):
+  """Mean squared error of one score."""
+
+  summed = ('loss_sum', 'count')
+
+  def sums(self, params, batch, rng, deterministic):
+    score = self.outputs(params, batch, rng, deterministic)['logits'][:, 0]
+    mask = batch['example_mask']
+    return dict(
+      loss_sum=jnp.sum(jnp.square(score - batch['labels']) * mask),
+      count=jnp.sum(mask),
+    )
+
+  def loss(self, sums, batch):
+    return sums['loss_sum'] / jnp.maximum(jnp.sum(batch['example_mask']), 1.0)
+
+
+def _tag_weights(batch) -> jax.Array:
+  """1 where a token carries a word's tag, in a real example."""
+  return (batch['labels'] >= 0) * batch['example_mask'][:, None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Tagging(_TaskObjective):
+  """Mean cross-entropy over the tokens that carry a word's tag."""
+
+  def sums(self, params, batch, rng, deterministic):
+    logits = self.outputs(params, batch, rng, deterministic)['logits']
+    weights = _tag_weights(batch)
+    labels = jnp.maximum(batch['labels'], 0)
+    xent = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return dict(
+      loss_sum=jnp.sum(xent * weights),
+      count=jnp.sum(weights),
+      correct=jnp.sum((jnp.argmax(logits, -1) == labels) * weights),
+    )
+
+  def loss(self, sums, batch):
+    return sums['loss_sum'] / jnp.maximum(jnp.sum(_tag_weights(batch)), 1.0)
+
+
+OBJECTIVES = {
+  'classification': Classification,
+  'regression': Regression,
+  'tagging': Tagging,
+}
+
+
+# ---------------------------------------------------------------------------
+# Predictions and scores.
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def predict_logits(
+  apply: Callable[[Any, dict], dict],
+  params: Any,
+  features: task_data.Features,
+  global_batch: int,
+  max_seq_length: int,
+  pad_id: int,
+  to_device: Callable[[dict], dict] = lambda batch: batch,
+) -> list[np.ndarray]:
+  """The `logits` of every example, in example order: float32 `[labels]`
+  per text, `[len_i, labels]` per tagged sentence.
+
+  `apply(params, batch)` returns the head's outputs; `to_device` turns a
+  host's rows into what `apply` takes (global arrays, in a training run).
+  """
+  out: list[np.ndarray | None] = [None] * len(features)
+  for index, batch in task_data.eval_batches(
+    features,
+    global_batch,
+    max_seq_length,
+    pad_id,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  ):
+    logits = _to_host(apply(params, to_device(batch))['logits'])
+    for row, i in enumerate(index):
+      if i >= 0:
+        n = len(features.input_ids[i])
+        out[i] = logits[row, :n] if logits.ndim == 3 else logits[row]
+  return out
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def word_tags(
+  logits: np.ndarray, word_index: np.ndarray, num_words: int, labels
+) -> list[str]:
+  """A sentence's predicted tag per word: the tag at the word's first
+  piece; words cut off by max_seq_length get 'O'."""
+  tags = ['O'] * num_words
+  seen = set()
+  for token, word in enumerate(word_index):
+    if word >= 0 and word not in seen:
+      seen.add(word)
+      tags[word] = labels[int(np.argmax(logits[token]))]
+  return tags
+
+
+def score(
+  kind: str,
+  logits: Sequence[np.ndarray],
+  examples: Sequence[task_data.Example],
+  features: task_data.Features,
+  labels: Sequence[str],
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+  """Eval metrics (`eval/<name>`) and one prediction record per example."""
+  records = []
+  if kind == 'tagging':
+    predicted, gold, losses, count = [], [], 0.0, 0
+    for e, x, words, targets in zip(
+      examples, logits, features.word_index, features.labels, strict=True
+    ):
+      tags = word_tags(x, words, len(e.words), labels)
+      predicted.append(tags)
+      gold.append(list(e.tags))
+      records.append(
+        dict(words=list(e.words), tags=list(e.tags), predicted=tags)
+      )
+      real = targets >= 0
+      log_probs = _log_softmax(x[real])
+      losses -= float(
+        np.take_along_axis(log_probs, targets[real][:, None], -1).sum()
+      )
+      count += int(real.sum())
+    scores = metrics.tagging_scores(predicted, gold)
+    scores['loss'] = losses / max(count, 1)
+  elif kind == 'regression':
+    predicted = np.array([float(x[0]) for x in logits])
+    gold = np.array([float(e.label) for e in examples])
+    scores = metrics.regression_scores(predicted, gold)
+    scores['loss'] = scores['mse']
+    records = [
+      dict(text=e.text, text_pair=e.text_pair, label=e.label, predicted=p)
+      for e, p in zip(examples, predicted.tolist(), strict=True)
+    ]
+  else:
+    stacked = np.stack(logits)
+    gold = np.array([labels.index(e.label) for e in examples])
+    log_probs = _log_softmax(stacked)
+    predicted = stacked.argmax(-1)
+    scores = metrics.classification_scores(predicted, gold, len(labels))
+    scores['loss'] = float(
+      -np.take_along_axis(log_probs, gold[:, None], -1).mean()
+    )
+    for e, p, lp in zip(examples, predicted, log_probs, strict=True):
+      records.append(
+        dict(
+          text=e.text,
+          text_pair=e.text_pair,
+          label=e.label,
+          predicted=labels[int(p)],
+          probabilities={
+            n: float(v) for n, v in zip(labels, np.exp(lp), strict=True)
+          },
+        )
+      )
+  return {f'eval/{k}': float(v) for k, v in scores.items()}, records
+
+
+def baseline(kind: str, examples, train_examples) -> tuple[str, float] | None:
+  """What a model that learnt nothing scores on eval, for the final log."""
+  if kind == 'classification':
+    counts: dict[str, int] = {}
+    for e in train_examples:
+      counts[e.label] = counts.get(e.label, 0) + 1
+    majority = max(counts, key=counts.get)
+    share = sum(e.label == majority for e in examples) / len(examples)
+    return f'always {majority!r}', share
+  return None
+
+
+# ---------------------------------------------------------------------------
+# The run.
+
+
+def _open_tokenizer(tokenizer_file, bert_config, do_lower_case, source):
+  if tokenizer_file is None:
+    raise trainer.TrainingError(
+      f'{source}: no vocab.txt or SentencePiece model'
+    )
+  if do_lower_case is None and not tokenizer_file.endswith('.model'):
+    do_lower_case = hf.read_do_lower_case(os.path.dirname(tokenizer_file))
+  tokenizer = tokenizers.create_tokenizer(tokenizer_file, do_lower_case)
+  if tokenizer.vocab_size > bert_config.vocab_size:
+    raise trainer.TrainingError(
+      f'{tokenizer_file}: {tokenizer.vocab_size} tokens, but the model has '
+      f'only {bert_config.vocab_size} word embeddings'
+    )
+  return tokenizer
+
+
+def _do_lower_case(tokenizer) -> bool | None:
+  return getattr(tokenizer, 'do_lower_case', None)
+
+
+def _read_data(config, cache_dir):
+  """(train examples, eval examples, columns) of `config.data`."""
+  d = config.data
+  train_file, eval_file = d.train_file, d.eval_file
+  if d.demo:
+    if train_file or eval_file:
+      raise trainer.TrainingError(
+        'data.demo and data.train_file/eval_file exclude each other'
+      )
+    train_file, eval_file = task_data.demo_files(d.demo, cache_dir)
+  if not train_file:
+    raise trainer.TrainingError(
+      'no training data: set --config.data.train_file (or data.demo)'
+    )
+  columns = task_data.Columns(d.text_column, d.text_pair_column, d.label_column)
+  read = dict(kind=config.task, columns=columns, skip_bad_rows=d.skip_bad_rows)
+  train = task_data.read_examples(train_file, **read)
+  held_out = task_data.read_examples(eval_file, **read) if eval_file else []
+  for name, limit in (
+    ('train', d.max_train_examples),
+    ('eval', d.max_eval_examples),
+  ):
+    if limit < 0:
+      raise trainer.TrainingError(f'data.max_{name}_examples must be >= 0')
+  if d.max_train_examples:
+    train = train[: d.max_train_examples]
+  if d.max_eval_examples:
+    held_out = held_out[: d.max_eval_examples]
+  return train, held_out, columns
+
+
+def _init_params(config, head, rng):
+  """(BertConfig, params of `head` with the encoder of `config.init`,
+  tokenizer file)."""
+  if not config.init:
+    raise trainer.TrainingError(
+      '--config.init is required: a model directory, TF checkpoint, '
+      'training workdir or pretrained model name '
+      f'({", ".join(pretrained.PRESETS)})'
+    )
+  m = config.model
+  overrides = dict(
+    dtype=m.dtype,
+    scan_layers=m.scan_layers,
+    remat_policy=m.remat_policy,
+    hidden_dropout_prob=m.hidden_dropout_prob,
+    attention_probs_dropout_prob=m.attention_probs_dropout_prob,
+  )
+  path = pretrained.resolve(config.init)
+  bert_config, loaded, tokenizer_file = pretrained.load(path, overrides)
+  init = jax.jit(model.init_params, static_argnums=(0, 2))
+  params = jax.device_get(nn.unbox(init(bert_config, rng, head)))
+  # The encoder comes from the checkpoint; a pooler it lacks stays fresh.
+  encoder = dict(params['bert'])
+  encoder.update({k: v for k, v in loaded['bert'].items() if k in encoder})
+  params = {**params, 'bert': encoder}
+  model.check_params(params, bert_config, config.init, head)
+  return bert_config, params, tokenizer_file
+
+
+def _run_config(config, steps_per_epoch: int) -> ml_collections.ConfigDict:
+  """The fields `trainer` reads, derived from a fine-tuning config."""
+  run = ml_collections.ConfigDict(config.to_dict())
+  if config.num_train_epochs <= 0:
+    raise trainer.TrainingError(
+      f'num_train_epochs must be > 0, got {config.num_train_epochs}'
+    )
+  run.num_train_steps = max(
+    1, math.ceil(config.num_train_epochs * steps_per_epoch)
+  )
+  run.eval_every_steps = config.eval_every_steps or steps_per_epoch
+  run.checkpoint_every_steps = config.checkpoint_every_steps or steps_per_epoch
+  if not 0 <= config.warmup_proportion < 1:
+    raise trainer.TrainingError(
+      f'warmup_proportion must be in [0, 1), got {config.warmup_proportion}'
+    )
+  run.optim.learning_rate = config.learning_rate
+  run.optim.weight_decay = config.weight_decay
+  run.optim.warmup_steps = round(config.warmup_proportion * run.num_train_steps)
+  run.optim.decay_steps = 0
+  return run
+
+
+def finetune(config: ml_collections.ConfigDict, workdir_path: str) -> dict:
+  """Fine-tunes `config.init` on a task, in (and resuming from) a workdir.
+
+  Args:
+    config: a recipe from `configs/finetune/` (see its `common.py`).
+    workdir_path: checkpoints, best params, metrics, eval predictions.
+
+  Returns:
+    The last train metrics, the last eval metrics, and the best eval
+    metrics under `best/...`.
+  """
+  trainer.check_workdir(workdir_path)
+  kind = config.task
+  get_head(kind, ['?'])  # Checks the kind before anything is read.
+  if config.best_metric and config.best_metric not in _METRIC_NAMES[kind]:
+    raise trainer.TrainingError(
+      f'best_metric {config.best_metric!r} is not one of '
+      f'{", ".join(_METRIC_NAMES[kind])} for {kind}'
+    )
+  best_metric = 'eval/' + (config.best_metric or DEFAULT_BEST_METRIC[kind])
+  mesh = sharding.create_mesh(tuple(config.mesh.shape))
+  rules = sharding.default_logical_axis_rules(config.mesh.extra_rules)
+  train_examples, eval_examples, columns = _read_data(config, None)
+  labels = task_data.label_names(train_examples, kind)
+  if kind != 'regression' and len(labels) < 2:
+    raise trainer.TrainingError(
+      f'{config.data.train_file or config.data.demo}: one label only '
+      f'({labels}); a classifier needs two or more'
+    )
+  task_data.check_labels(eval_examples, labels, kind)
+  head = get_head(kind, labels)
+  init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
+  bert_config, params, tokenizer_file = _init_params(config, head, init_rng)
+  if config.max_seq_length > bert_config.max_position_embeddings:
+    raise trainer.TrainingError(
+      f"max_seq_length {config.max_seq_length} exceeds the model's "
+      f'max_position_embeddings {bert_config.max_position_embeddings}'
+    )
+  do_lower_case = {'': None, 'true': True, 'false': False}.get(
+    config.data.do_lower_case
+  )
+  tokenizer = _open_tokenizer(
+    tokenizer_file, bert_config, do_lower_case, config.init
+  )
+  encode = dict(
+    tokenizer=tokenizer,
+    kind=kind,
+    max_seq_length=config.max_seq_length,
+    label_names_=labels,
+  )
+  train_features = task_data.encode(train_examples, **encode)
+  eval_features = (
+    task_data.encode(eval_examples, **encode) if eval_examples else None
+  )
+  logging.info(
+    '%s: %d training examples (%d truncated), %d eval; labels %s',
+    kind,
+    len(train_features),
+    train_features.truncated,
+    len(eval_examples),
+    labels[:20] if labels else 'none (regression)',
+  )
+  steps_per_epoch = -(-len(train_features) // config.batch_size)
+  run = _run_config(config, steps_per_epoch)
+  shape = trainer.compute_run_shape(run, mesh)
+  tx, schedule = trainer.create_optimizer(run)
+  module = model.create_model(bert_config, head)
+  objective = OBJECTIVES[kind](module)
+  state, state_shardings = trainer.create_train_state(
+    module, tx, mesh, rules, init_rng, params
+  )
+  del params
+  train_iter = task_data.TrainBatches(
+    train_features,
+    shape.global_batch,
+    config.seed,
+    config.data.bucketing,
+    config.max_seq_length,
+    tokenizer.pad_id,
+    jax.process_index(),
+    jax.process_count(),
+  )
+  task = dict(
+    kind=kind,
+    labels=labels,
+    max_seq_length=config.max_seq_length,
+    do_lower_case=_do_lower_case(tokenizer),
+    columns=dataclasses.asdict(columns),
+  )
+  checkpointer = workdir.Checkpointer(
+    workdir_path,
+    keep=config.keep_checkpoints,
+    meta=dict(
+      config=json.loads(config.to_json_best_effort()),
+      model=bert_config.to_dict(),
+      tokenizer=os.path.abspath(tokenizer.path),
+      head=head.to_dict(),
+      task=task,
+    ),
+    keep_best=True,
+  )
+  best: dict[str, float] = {}
+  try:
+    try:
+      state, start_step = checkpointer.restore_latest(state, train_iter)
+    except task_data.DataError as e:
+      raise trainer.TrainingError(
+        f'{e}; {workdir_path} holds a run on other data or settings: resume '
+        'it with those, or start afresh in another workdir'
+      ) from e
+    if start_step:
+      logging.info('Resumed from step %d in %s', start_step, workdir_path)
+      best = checkpointer.best_metrics() or {}
+    batch_sharding = sharding.batch_sharding(mesh)
+    step_fn = trainer.jit_train_step(
+      objective,
+      schedule,
+      micro_batches=shape.micro_batches,
+      nan_policy=run.nan_policy,
+      state_shardings=state_shardings,
+      batch_shardings=batch_sharding,
+    )
+    apply = jax.jit(
+      lambda p, b: objective.outputs(p, b),
+      in_shardings=(state_shardings.params, batch_sharding),
+    )
+
+    def evaluate(state, step) -> dict[str, float]:
+      if eval_features is None:
+        return {}
+      logits = predict_logits(
+        apply,
+        state.params,
+        eval_features,
+        shape.global_batch,
+        config.max_seq_length,
+        tokenizer.pad_id,
+        lambda b: trainer.make_global(b, batch_sharding),
+      )
+      scores, records = score(
+        kind, logits, eval_examples, eval_features, labels
+      )
+      if not best or scores[best_metric] > best[best_metric]:
+        best.clear()
+        best.update(scores, step=step)
+        checkpointer.save_best(step, state.params, best)
+        if jax.process_index() == 0:
+          _write_jsonl(os.path.join(workdir_path, PREDICTIONS_FILE), records)
+      return scores
+
+    last_train: dict[str, float] = {}
+    last_eval: dict[str, float] = {}
+    state, step, last_train, last_eval = trainer.fit(
+      run,
+      workdir_path,
+      mesh=mesh,
+      rules=rules,
+      shape=shape,
+      objective=objective,
+      state=state,
+      start_step=start_step,
+      step_fn=step_fn,
+      train_iter=train_iter,
+      checkpointer=checkpointer,
+      evaluate=evaluate,
+      flops_per_example=0.0,
+      dropout_rng=dropout_rng,
+      description=f'Fine-tuning {config.init} for {kind}',
+    )
+  finally:
+    checkpointer.close()
+  if best:
+    reference = baseline(kind, eval_examples, train_examples)
+    logging.info(
+      'Finished at step %d; best %s %.4f at step %d%s',
+      step,
+      best_metric,
+      best[best_metric],
+      best['step'],
+      f' against {reference[1]:.4f} for {reference[0]}' if reference else '',
+    )
+  return {
+    **last_train,
+    **last_eval,
+    **{f'best/{k}': v for k, v in best.items()},
+  }
+
+
+_METRIC_NAMES = {
+  'classification': ('accuracy', 'f1', 'matthews'),
+  'regression': ('pearson', 'spearman'),
+  'tagging': ('f1', 'precision', 'recall', 'accuracy'),
+}
+
+
+def _write_jsonl(path: str, records: Sequence[Mapping[str, Any]]) -> None:
+  """Writes one JSON object per line, replacing `path` only when whole."""
+  tmp = epath.Path(path + '.tmp')
+  with tmp.open('w') as f:
+    for record in records:
+      f.write(json.dumps(record, ensure_ascii=False) + '\n')
+  tmp.rename(path)
+
+
+# ---------------------------------------------------------------------------
+# A fine-tuned model.
+
+
+@dataclasses.dataclass
+class TunedModel:
+  """A fine-tuned model loaded for prediction (`load_tuned`)."""
+
+  config: model.BertConfig
+  head: model.Head
+  params: Any
+  tokenizer: Any
+  task: dict[str, Any]
+
+  @property
+  def kind(self) -> str:
+    return self.task['kind']
+
+  @property
+  def labels(self) -> list[str]:
+    return list(self.task['labels'])
+
+
+def load_tuned(path: str) -> TunedModel:
+  """The model of a fine-tuning workdir (its best params), or of one step
+  in its `best/` or `checkpoints/`.
+
+  Raises:
+    ValueError: not a fine-tuned model (`workdir.CheckpointError`), or its
+      tokenizer is gone.
+  """
+  step = workdir.find_step(path)
+  task = step.meta.get('task')
+  if not isinstance(task, dict) or task.get('kind') not in HEAD_KINDS:
+    raise workdir.CheckpointError(
+      f'{step.path}: not a fine-tuned model (no task record); '
+      'python -m bertjax.finetune makes one'
+    )
+  bert_config, params, tokenizer_file = pretrained.load(path)
+  tokenizer = _open_tokenizer(
+    tokenizer_file, bert_config, task.get('do_lower_case'), path
+  )
+  return TunedModel(
+    bert_config, pretrained.head_of_step(step), params, tokenizer, task
+  )
+
+
+def predict(
+  tuned: TunedModel,
+  examples: Sequence[task_data.Example],
+  batch_size: int = 32,
+) -> list[dict[str, Any]]:
+  """Predictions of a fine-tuned model, one record per example: `label`
+  and `probabilities` (classification), `score` (regression), or `words`
+  and their `tags` (tagging)."""
+  features = task_data.encode(
+    examples,
+    tuned.tokenizer,
+    tuned.kind,
+    tuned.task['max_seq_length'],
+    tuned.labels,
+  )
+  module = model.create_model(tuned.config, tuned.head)
+  apply = jax.jit(
+    lambda p, b: module.apply(
+      {'params': p}, b['input_ids'], b['input_mask'], b['segment_ids']
+    )
+  )
+  logits = predict_logits(
+    apply,
+    tuned.params,
+    features,
+    batch_size,
+    tuned.task['max_seq_length'],
+    tuned.tokenizer.pad_id,
+  )
+  out = []
+  for i, (e, x) in enumerate(zip(examples, logits, strict=True)):
+    if tuned.kind == 'tagging':
+      tags = word_tags(x, features.word_index[i], len(e.words), tuned.labels)
+      out.append(dict(words=list(e.words), tags=tags))
+    elif tuned.kind == 'regression':
+      out.append(dict(score=float(x[0])))
+    else:
+      probabilities = np.exp(_log_softmax(x))
+      out.append(
+        dict(
+          label=tuned.labels[int(np.argmax(x))],
+          probabilities={
+            n: float(p)
+            for n, p in zip(tuned.labels, probabilities, strict=True)
+          },
+        )
+      )
+  return out

@@ -1,0 +1,676 @@
+"""Fine-tuning data: labelled files -> tokenized examples -> batches.
+
+This module owns what a fine-tuning task reads and feeds: the file formats
+(CSV, TSV and JSONL with named columns; CoNLL-style token/tag files), the
+label set, tokenization with the checkpoint's own vocabulary into BERT's
+input (`[CLS] A [SEP]` or `[CLS] A [SEP] B [SEP]`; for tagging, the label on
+the first piece of each word), and the batches: length-bucketed, padded to a
+few shapes, shuffled per epoch from a seed, each host taking its rows of
+every global batch, and resumable at any batch.
+
+Task kinds:
+
+* `classification`: a label per text or text pair (names are strings, as
+  the file spells them).
+* `regression`: a float score per text or text pair.
+* `tagging`: a tag per word (`B-PER`, `I-PER`, `O`, ...).
+
+Every row is checked as it is read: a bad row is a `DataError` naming the
+file and the row (line for JSONL and CoNLL, record for CSV/TSV, the header
+being record 1), or, with `skip_bad_rows`, a counted and logged skip.
+"""
+
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+KINDS = ('classification', 'regression', 'tagging')
+# Shortest padded length of a batch: shorter shapes save little and each
+# costs a compilation.
+MIN_BUCKET = 16
+
+
+class DataError(ValueError):
+  """A fine-tuning file or row that cannot be used as the task says."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Columns:
+  """Which fields of a CSV/TSV/JSONL row hold what."""
+
+  text: str = 'text'
+  text_pair: str = ''  # '' = single texts
+  label: str = 'label'
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  """One labelled example as read: texts, or words and their tags."""
+
+  row: str  # 'FILE:ROW', for messages
+  text: str = ''
+  text_pair: str | None = None
+  label: str | float | None = None  # None: unlabelled (prediction input)
+  words: tuple[str, ...] = ()
+  tags: tuple[str, ...] = ()
+
+
+# ---------------------------------------------------------------------------
+# Files.
+
+
+def file_format(path: str) -> str:
+  """'csv', 'tsv', 'jsonl' or 'conll', from the file name."""
+  name = path.lower()
+  for suffix, kind in (
+    ('.csv', 'csv'),
+    ('.tsv', 'tsv'),
+    ('.jsonl', 'jsonl'),
+    ('.json', 'jsonl'),
+    ('.conll', 'conll'),
+    ('.iob', 'conll'),
+    ('.bio', 'conll'),
+  ):
+    if name.endswith(suffix):
+      return kind
+  raise DataError(
+    f'{path}: unknown file type (expected .csv, .tsv, .jsonl, or .conll / '
+    '.iob / .bio for tagging)'
+  )
+
+
+def read_examples(
+  path: str,
+  kind: str,
+  columns: Columns = Columns(),
+  labelled: bool = True,
+  skip_bad_rows: bool = False,
+) -> list[Example]:
+  """Reads a task file (see the module docstring for formats and errors).
+
+  Args:
+    path: a .csv, .tsv, .jsonl or (tagging) CoNLL file.
+    kind: one of KINDS.
+    columns: the fields of a CSV/TSV/JSONL row.
+    labelled: whether rows must carry labels (False: text to predict on).
+    skip_bad_rows: log and skip a bad row instead of failing.
+
+  Raises:
+    DataError: no such file, an unknown format, a bad row (unless skipped),
+      or no examples at all.
+  """
+  if kind not in KINDS:
+    raise DataError(f'task kind {kind!r} is not one of {", ".join(KINDS)}')
+  if not os.path.isfile(path):
+    raise DataError(f'{path}: no such file')
+  fmt = file_format(path)
+  if kind == 'tagging':
+    if fmt != 'conll':
+      raise DataError(
+        f'{path}: tagging reads CoNLL-style files (a word and its tag per '
+        'line, a blank line between sentences; .conll, .iob or .bio)'
+      )
+    rows = _conll_rows(path, labelled)
+  elif fmt == 'conll':
+    raise DataError(f'{path}: a CoNLL file holds tags, not {kind} examples')
+  else:
+    rows = _table_rows(path, fmt, columns, kind, labelled)
+  out, skipped = [], 0
+  for row in rows:
+    if isinstance(row, DataError):
+      if not skip_bad_rows:
+        raise row
+      skipped += 1
+      if skipped <= 5:
+        logging.warning('skipped: %s', row)
+      continue
+    out.append(row)
+  if skipped:
+    logging.warning('%s: skipped %d bad row(s)', path, skipped)
+  if not out:
+    raise DataError(f'{path}: no examples')
+  return out
+
+
+def _open_text(path: str):
+  return open(path, encoding='utf-8', newline='')
+
+
+def _table_rows(path, fmt, columns, kind, labelled) -> Iterator[Any]:
+  """Examples (or DataErrors) of a CSV/TSV/JSONL file."""
+  wanted = [columns.text] + ([columns.text_pair] if columns.text_pair else [])
+  if labelled:
+    wanted.append(columns.label)
+  try:
+    with _open_text(path) as f:
+      if fmt == 'jsonl':
+        records = _jsonl_records(f, path)
+      else:
+        records = _csv_records(f, path, fmt, wanted)
+      for where, record in records:
+        if isinstance(record, DataError):
+          yield record
+          continue
+        yield _example_from_record(record, where, wanted, columns, kind)
+  except UnicodeDecodeError as e:
+    raise DataError(f'{path}: not UTF-8 text ({e.reason})') from None
+
+
+def _jsonl_records(f, path):
+  for number, line in enumerate(f, start=1):
+    where = f'{path}:{number}'
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      yield where, DataError(f'{where}: not a JSON line ({e.msg})')
+      continue
+    if not isinstance(record, dict):
+      yield where, DataError(f'{where}: not a JSON object')
+      continue
+    yield where, record
+
+
+def _csv_records(f, path, fmt, wanted):
+  reader = csv.reader(f, delimiter=',' if fmt == 'csv' else '\t')
+  try:
+    header = next(reader)
+  except StopIteration:
+    raise DataError(f'{path}: empty file') from None
+  except csv.Error as e:
+    raise DataError(f'{path}: record 1: {e}') from None
+  missing = [c for c in wanted if c not in header]
+  if missing:
+    raise DataError(
+      f'{path}: no column {", ".join(map(repr, missing))} (columns: '
+      f'{", ".join(header)}); set config.data.text_column / '
+      'text_pair_column / label_column'
+    )
+  number = 1
+  while True:
+    number += 1
+    where = f'{path}: record {number}'
+    try:
+      fields = next(reader)
+    except StopIteration:
+      return
+    except csv.Error as e:
+      yield where, DataError(f'{where}: malformed {fmt.upper()} ({e})')
+      continue
+    if not fields:
+      continue
+    if len(fields) != len(header):
+      yield (
+        where,
+        DataError(
+          f'{where}: {len(fields)} fields, the header has {len(header)}'
+        ),
+      )
+      continue
+    yield where, dict(zip(header, fields, strict=True))
+
+
+def _example_from_record(record, where, wanted, columns, kind):
+  for column in wanted:
+    if column not in record or record[column] is None:
+      return DataError(f'{where}: no {column!r}')
+  text = record[columns.text]
+  pair = record[columns.text_pair] if columns.text_pair else None
+  for name, value in ((columns.text, text), (columns.text_pair, pair)):
+    if value is None:
+      continue
+    if not isinstance(value, str):
+      return DataError(f'{where}: {name!r} is not a string')
+    if not value.strip():
+      return DataError(f'{where}: empty {name!r}')
+  label = record.get(columns.label) if columns.label in wanted else None
+  if label is not None:
+    if kind == 'regression':
+      try:
+        label = float(label)
+      except (TypeError, ValueError):
+        return DataError(f'{where}: label {label!r} is not a number')
+      if not math.isfinite(label):
+        return DataError(f'{where}: label {label!r} is not finite')
+    else:
+      if isinstance(label, bool) or not isinstance(label, str | int):
+        return DataError(f'{where}: label {label!r} is not a name or integer')
+      label = str(label).strip()
+      if not label:
+        return DataError(f'{where}: empty label')
+  return Example(row=where, text=text, text_pair=pair, label=label)
+
+
+def _conll_rows(path, labelled) -> Iterator[Any]:
+  """Sentences of a CoNLL-style file: a word and (last column) its tag per
+  line, blank lines between sentences, `-DOCSTART-` lines ignored."""
+  words, tags, start = [], [], 1
+  try:
+    with _open_text(path) as f:
+      for number, line in enumerate(f, start=1):
+        fields = line.split()
+        if not fields or fields[0] == '-DOCSTART-':
+          if words:
+            yield Example(
+              row=f'{path}:{start}', words=tuple(words), tags=tuple(tags)
+            )
+          words, tags, start = [], [], number + 1
+          continue
+        if labelled and len(fields) < 2:
+          yield DataError(f'{path}:{number}: a word without a tag')
+          continue
+        words.append(fields[0])
+        tags.append(fields[-1] if labelled else '')
+  except UnicodeDecodeError as e:
+    raise DataError(f'{path}: not UTF-8 text ({e.reason})') from None
+  if words:
+    yield Example(row=f'{path}:{start}', words=tuple(words), tags=tuple(tags))
+
+
+def label_names(examples: Sequence[Example], kind: str) -> list[str]:
+  """The sorted label (or tag) names of training examples; regression has
+  none."""
+  if kind == 'regression':
+    return []
+  if kind == 'tagging':
+    names = {t for e in examples for t in e.tags}
+  else:
+    names = {e.label for e in examples}
+  return sorted(names, key=_label_order)
+
+
+def _label_order(name: str):
+  # Integers as numbers ('2' < '10'), then names; tags by entity then
+  # prefix, 'O' last.
+  if name.lstrip('-').isdigit():
+    return (0, int(name), '')
+  if name[:2] in ('B-', 'I-', 'E-', 'S-'):
+    return (1, 0, f'{name[2:]}-{name[0]}')
+  if name == 'O':
+    return (2, 0, '')
+  return (1, 0, name)
+
+
+def check_labels(
+  examples: Sequence[Example], names: Sequence[str], kind: str
+) -> None:
+  """Raises DataError naming the first example (and word) whose label or
+  tag is not one of `names` (the training set's)."""
+  known = set(names)
+  allowed = ', '.join(names[:20])
+  for e in examples:
+    for i, tag in enumerate(e.tags):
+      if tag not in known:
+        raise DataError(
+          f'{e.row}: word {i + 1} ({e.words[i]!r}): label {tag!r} is not '
+          f'one of the training labels ({allowed})'
+        )
+    if e.label is not None and kind != 'regression' and e.label not in known:
+      raise DataError(
+        f'{e.row}: label {e.label!r} is not one of the training labels '
+        f'({allowed})'
+      )
+
+
+# Demo tasks on real data (corpora of `data_pipeline.corpora`).
+DEMOS = ('sentiment-en',)
+
+
+def demo_files(name: str, cache_dir: str | None = None) -> tuple[str, str]:
+  """Writes (once) and returns the train and eval CSV files of a demo task.
+
+  `sentiment-en`: Rotten Tomatoes snippets (`corpora` 'sentiment-en'),
+  columns `text` and `label` (`fresh` or `rotten`; the `plot` summaries are
+  left out); every fifth snippet is held out for eval.
+  """
+  import bz2  # Only the demo reads a compressed file.
+
+  from data_pipeline import corpora
+
+  if name not in DEMOS:
+    raise DataError(f'demo {name!r} is not one of {", ".join(DEMOS)}')
+  out_dir = corpora.fetch(name, cache_dir)
+  train, held_out = out_dir / 'train.csv', out_dir / 'eval.csv'
+  if train.exists() and held_out.exists():
+    return os.fspath(train), os.fspath(held_out)
+  source = out_dir / 'rotten_tomatoes_corpus_full.csv.bz2'
+  with bz2.open(source, 'rt', encoding='utf-8', newline='') as f:
+    rows = [
+      (r['text'], r['category'])
+      for r in csv.DictReader(f)
+      if r['category'] != 'plot'
+    ]
+  for path, part in (
+    (held_out, rows[::5]),
+    (train, [r for i, r in enumerate(rows) if i % 5]),
+  ):
+    tmp = path.with_suffix('.tmp')
+    with open(tmp, 'w', encoding='utf-8', newline='') as f:
+      writer = csv.writer(f)
+      writer.writerow(['text', 'label'])
+      writer.writerows(part)
+    # Renamed when complete: a half-written file is never taken as data.
+    os.replace(tmp, path)
+  return os.fspath(train), os.fspath(held_out)
+
+
+# ---------------------------------------------------------------------------
+# Features.
+
+
+@dataclasses.dataclass
+class Features:
+  """Tokenized examples, ragged: what batches are cut from.
+
+  `input_ids[i]` and `segment_ids[i]` are int32 `[len_i]` with [CLS] and
+  [SEP]s; `labels[i]` is an int class, a float score, or (tagging) an int32
+  `[len_i]` array with -1 where no label is predicted (specials and word
+  continuations); `word_index[i]` (tagging) maps each token to its word, -1
+  for none. `truncated` counts examples cut to max_seq_length.
+  """
+
+  kind: str
+  input_ids: list[np.ndarray]
+  segment_ids: list[np.ndarray]
+  labels: list[Any]
+  word_index: list[np.ndarray] | None = None
+  truncated: int = 0
+
+  def __len__(self) -> int:
+    return len(self.input_ids)
+
+  @property
+  def lengths(self) -> np.ndarray:
+    return np.array([len(x) for x in self.input_ids])
+
+
+def _pair_budget(a: list[int], b: list[int], budget: int):
+  """Truncates the longer of a pair first (BERT's `_truncate_seq_pair`)."""
+  a, b = list(a), list(b)
+  while len(a) + len(b) > budget:
+    (a if len(a) >= len(b) else b).pop()
+  return a, b
+
+
+def encode(
+  examples: Sequence[Example],
+  tokenizer: Any,
+  kind: str,
+  max_seq_length: int,
+  label_names_: Sequence[str] = (),
+) -> Features:
+  """Tokenizes examples into BERT inputs (see `Features`).
+
+  Args:
+    examples: as `read_examples` gives.
+    tokenizer: a `data_pipeline.tokenizers.Tokenizer`.
+    kind: one of KINDS.
+    max_seq_length: tokens per example, specials included (>= 3).
+    label_names_: class or tag names, by id (unused for regression).
+  """
+  if max_seq_length < 3:
+    raise DataError(f'max_seq_length must be >= 3, got {max_seq_length}')
+  index = {name: i for i, name in enumerate(label_names_)}
+  cls, sep = tokenizer.cls_id, tokenizer.sep_id
+  out = Features(kind, [], [], [], [] if kind == 'tagging' else None)
+  if kind == 'tagging':
+    words = [w for e in examples for w in e.words]
+    pieces = iter(tokenizer.encode_batch(words))
+    for e in examples:
+      ids, labels, word_of = [cls], [-1], [-1]
+      for w, tag in enumerate(e.tags):
+        word_ids = next(pieces)
+        ids += word_ids
+        labels += [index.get(tag, -1)] + [-1] * (len(word_ids) - 1)
+        word_of += [w] * len(word_ids)
+      if len(ids) > max_seq_length - 1:
+        out.truncated += 1
+        ids, labels = ids[: max_seq_length - 1], labels[: max_seq_length - 1]
+        word_of = word_of[: max_seq_length - 1]
+      out.input_ids.append(np.array([*ids, sep], np.int32))
+      out.segment_ids.append(np.zeros(len(ids) + 1, np.int32))
+      out.labels.append(np.array([*labels, -1], np.int32))
+      out.word_index.append(np.array([*word_of, -1], np.int32))
+    return out
+  first = tokenizer.encode_batch([e.text for e in examples])
+  pairs = [e.text_pair for e in examples]
+  has_pairs = any(p is not None for p in pairs)
+  second = tokenizer.encode_batch([p or '' for p in pairs]) if has_pairs else []
+  for i, e in enumerate(examples):
+    if e.text_pair is None:
+      a, b = first[i], None
+      if len(a) > max_seq_length - 2:
+        out.truncated += 1
+        a = a[: max_seq_length - 2]
+      ids, segments = [cls, *a, sep], [0] * (len(a) + 2)
+    else:
+      budget = max_seq_length - 3
+      if len(first[i]) + len(second[i]) > budget:
+        out.truncated += 1
+      a, b = _pair_budget(first[i], second[i], budget)
+      ids = [cls, *a, sep, *b, sep]
+      segments = [0] * (len(a) + 2) + [1] * (len(b) + 1)
+    out.input_ids.append(np.array(ids, np.int32))
+    out.segment_ids.append(np.array(segments, np.int32))
+    if kind == 'regression':
+      out.labels.append(np.float32(e.label if e.label is not None else 0.0))
+    else:
+      out.labels.append(index.get(e.label, -1))
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Batches.
+
+
+def bucket_length(longest: int, max_seq_length: int) -> int:
+  """The padded length of a batch whose longest example has `longest`
+  tokens: the next of 16, 24, 32, 48, 64, 96, ... (powers of two and the
+  midpoints between them, so at most a third is padding), at most
+  max_seq_length. Each length costs one compilation of the step."""
+  size = MIN_BUCKET
+  while size < longest:
+    size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
+  return min(size, max_seq_length)
+
+
+def make_batch(
+  features: Features,
+  index: np.ndarray,
+  rows: int,
+  seq_len: int,
+  pad_id: int,
+) -> dict[str, np.ndarray]:
+  """A padded batch of the examples `index` in `rows` rows of `seq_len`.
+
+  Returns:
+    int32 `input_ids`, `input_mask`, `segment_ids` `[rows, seq_len]`;
+    `labels` (int32 `[rows]`, float32 `[rows]` for regression, or int32
+    `[rows, seq_len]` with -1 where no label counts for tagging); float32
+    `example_mask` `[rows]`, 0 on padding rows.
+  """
+  input_ids = np.full((rows, seq_len), pad_id, np.int32)
+  input_mask = np.zeros((rows, seq_len), np.int32)
+  segment_ids = np.zeros((rows, seq_len), np.int32)
+  tagging = features.kind == 'tagging'
+  if tagging:
+    labels = np.full((rows, seq_len), -1, np.int32)
+  else:
+    regression = features.kind == 'regression'
+    labels = np.zeros(rows, np.float32 if regression else np.int32)
+  example_mask = np.zeros(rows, np.float32)
+  for row, i in enumerate(index):
+    n = len(features.input_ids[i])
+    input_ids[row, :n] = features.input_ids[i]
+    input_mask[row, :n] = 1
+    segment_ids[row, :n] = features.segment_ids[i]
+    if tagging:
+      labels[row, :n] = features.labels[i]
+    else:
+      labels[row] = features.labels[i]
+    example_mask[row] = 1.0
+  return dict(
+    input_ids=input_ids,
+    input_mask=input_mask,
+    segment_ids=segment_ids,
+    labels=labels,
+    example_mask=example_mask,
+  )
+
+
+def epoch_batches(
+  lengths: np.ndarray,
+  batch_size: int,
+  seed: int,
+  epoch: int,
+  bucketing: bool,
+) -> list[np.ndarray]:
+  """The example indices of each global batch of one training epoch.
+
+  A seeded permutation of the examples; with `bucketing`, windows of 32
+  batches are sorted by length before they are cut, so a batch holds
+  examples of similar length, and the batches are then shuffled. The last
+  batch of an epoch may be short (it is padded with masked rows).
+  """
+  rng = np.random.default_rng([seed, epoch])
+  order = rng.permutation(len(lengths))
+  if bucketing:
+    window = 32 * batch_size
+    order = np.concatenate(
+      [
+        part[np.argsort(lengths[part], kind='stable')]
+        for part in np.split(order, range(window, len(order), window))
+      ]
+    )
+  batches = np.split(order, range(batch_size, len(order), batch_size))
+  if bucketing:
+    batches = [batches[i] for i in rng.permutation(len(batches))]
+  return batches
+
+
+class TrainBatches(Iterator[dict[str, np.ndarray]]):
+  """Endless training batches, epoch after epoch, that resume exactly.
+
+  Every host computes the same global batch order (`epoch_batches`) and
+  returns its own rows of each batch, so resuming onto any host count gives
+  the same global batches. The position is the number of batches taken;
+  `save`/`restore` write and read it (with a fingerprint of the data and
+  settings, so a workdir of another run is refused).
+  """
+
+  def __init__(
+    self,
+    features: Features,
+    global_batch: int,
+    seed: int,
+    bucketing: bool,
+    max_seq_length: int,
+    pad_id: int,
+    process_index: int = 0,
+    process_count: int = 1,
+  ):
+    if global_batch % process_count:
+      raise DataError(
+        f'batch_size {global_batch} is not divisible by {process_count} hosts'
+      )
+    self._features = features
+    self._global_batch = global_batch
+    self._per_host = global_batch // process_count
+    self._host = process_index
+    self._seed = seed
+    self._bucketing = bucketing
+    self._max_seq_length = max_seq_length
+    self._pad_id = pad_id
+    self._lengths = features.lengths
+    self.position = 0
+    self._epoch, self._batches = -1, []
+    digest = hashlib.sha256()
+    for ids in features.input_ids:
+      digest.update(ids.tobytes())
+    digest.update(
+      repr((global_batch, seed, bucketing, max_seq_length)).encode()
+    )
+    self._fingerprint = digest.hexdigest()[:16]
+
+  @property
+  def batches_per_epoch(self) -> int:
+    return -(-len(self._features) // self._global_batch)
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    epoch, i = divmod(self.position, self.batches_per_epoch)
+    if epoch != self._epoch:
+      self._epoch = epoch
+      self._batches = epoch_batches(
+        self._lengths, self._global_batch, self._seed, epoch, self._bucketing
+      )
+    index = self._batches[i]
+    seq_len = (
+      bucket_length(int(self._lengths[index].max()), self._max_seq_length)
+      if self._bucketing
+      else self._max_seq_length
+    )
+    mine = index[
+      self._host * self._per_host : (self._host + 1) * self._per_host
+    ]
+    self.position += 1
+    return make_batch(
+      self._features, mine, self._per_host, seq_len, self._pad_id
+    )
+
+  def save(self, prefix: str) -> None:
+    with open(prefix + '.json', 'w', encoding='utf-8') as f:
+      json.dump(dict(position=self.position, fingerprint=self._fingerprint), f)
+
+  def restore(self, prefix: str) -> None:
+    with open(prefix + '.json', encoding='utf-8') as f:
+      state = json.load(f)
+    if state.get('fingerprint') != self._fingerprint:
+      raise DataError(
+        'the saved input position belongs to other data or batch settings'
+      )
+    self.position = int(state['position'])
+
+
+def eval_batches(
+  features: Features,
+  global_batch: int,
+  max_seq_length: int,
+  pad_id: int,
+  bucketing: bool = True,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+  """Every example once, in global batches sorted by length (bucketed).
+
+  Yields:
+    (the example indices of the global batch, `[global_batch]` with -1 on
+    padding rows; this host's rows of the padded batch).
+  """
+  per_host = global_batch // process_count
+  lengths = features.lengths
+  order = (
+    np.argsort(lengths, kind='stable') if bucketing else np.arange(len(lengths))
+  )
+  for start in range(0, len(order), global_batch):
+    index = order[start : start + global_batch]
+    seq_len = (
+      bucket_length(int(lengths[index].max()), max_seq_length)
+      if bucketing
+      else max_seq_length
+    )
+    padded = np.full(global_batch, -1)
+    padded[: len(index)] = index
+    mine = padded[process_index * per_host : (process_index + 1) * per_host]
+    yield (
+      padded,
+      make_batch(features, mine[mine >= 0], per_host, seq_len, pad_id),
+    )

@@ -8,8 +8,8 @@ a bertjax model directory, an original Google TF checkpoint, a training
 workdir (or one of its steps), or a pretrained model name. `--to_format`
 defaults to bertjax, or to hf when the source is a bertjax model or a
 fine-tuning workdir (whose best params become the matching transformers
-class: `BertForSequenceClassification`, `BertForTokenClassification`, with
-its labels as `id2label`).
+class: `BertForSequenceClassification`, `BertForTokenClassification` with
+its labels as `id2label`, or `BertForQuestionAnswering`).
 Pretraining heads that the source lacks (a `BertModel`-only checkpoint) are
 initialised freshly and named in the log. The tokenizer file travels along;
 a bertjax directory does not record lower-casing (bertjax infers it from

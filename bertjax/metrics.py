@@ -7,8 +7,13 @@ Pearson and Spearman correlation (STS-B's), mean squared error. Tagging:
 entity-level precision, recall and F1 with seqeval's default semantics
 (conlleval: an `I-X` after `O` or after another type starts an entity; the
 IOB1, IOB2 and IOBES prefixes are understood), plus token accuracy.
+Extractive QA: SQuAD's exact match and F1 with its official answer
+normalisation, split into answerable and unanswerable questions for v2.0.
 """
 
+import collections
+import re
+import string
 from collections.abc import Sequence
 
 import numpy as np
@@ -149,3 +154,51 @@ def tagging_scores(
     f1=f1_score,
     accuracy=correct / total if total else 0.0,
   )
+
+
+def normalize_answer(text: str) -> str:
+  """SQuAD's official answer normalisation: lower case, no punctuation, no
+  articles (a, an, the), single spaces."""
+  text = ''.join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+  text = re.sub(r'\b(a|an|the)\b', ' ', text)
+  return ' '.join(text.split())
+
+
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+def _answer_f1(predicted: str, gold: str) -> float:
+  p, g = normalize_answer(predicted).split(), normalize_answer(gold).split()
+  if not p or not g:
+    return float(p == g)
+  same = sum((collections.Counter(p) & collections.Counter(g)).values())
+  if not same:
+    return 0.0
+  precision, recall = same / len(p), same / len(g)
+  return 2 * precision * recall / (precision + recall)
+
+
+def squad_scores(
+  predicted: Sequence[str], gold: Sequence[Sequence[str]]
+) -> dict[str, float]:
+  """Exact match and F1 (fractions, not percent) as SQuAD v2.0's official
+  script computes them: the best over each question's gold answers, an
+  unanswerable question (no gold answer) right only when the prediction is
+  empty; with unanswerable questions, also `has_ans_*` and `no_ans_*`."""
+  exact, f1_ = [], []
+  for p, answers in zip(predicted, gold, strict=True):
+    answers = [a for a in answers if normalize_answer(a)] or ['']
+    exact.append(
+      max(float(normalize_answer(p) == normalize_answer(a)) for a in answers)
+    )
+    f1_.append(max(_answer_f1(p, a) for a in answers))
+  out = dict(exact=float(np.mean(exact)), f1=float(np.mean(f1_)))
+  has = np.array(
+    [any(normalize_answer(a) for a in answers) for answers in gold]
+  )
+  if not has.all():
+    for name, part in (('has_ans', has), ('no_ans', ~has)):
+      if part.any():
+        out[f'{name}_exact'] = float(np.mean(np.array(exact)[part]))
+        out[f'{name}_f1'] = float(np.mean(np.array(f1_)[part]))
+  return out

@@ -6,12 +6,15 @@ r"""Command line: a fine-tuned model's predictions on new data.
 `--model` is a `bertjax.finetune` workdir (its best params) or one step in
 its `best/` or `checkpoints/`. `--input` is a file of the run's format and
 columns (CSV, TSV or JSONL with the text column, and the pair column for
-pair tasks; a CoNLL-style file of words for tagging, tags optional); labels
-in it are ignored. Each output line is one JSON object, in input order:
+pair tasks; a CoNLL-style file of words for tagging, tags optional; SQuAD
+JSON for QA); labels in it are ignored. Each output line is one JSON
+object, in input order:
 
   classification  {"label": "fresh", "probabilities": {"fresh": 0.91, ...}}
   regression      {"score": 3.7}
   tagging         {"words": ["John", "lives", ...], "tags": ["B-PER", ...]}
+  qa              {"id": "q1", "answer": "Zürich", "start": 14, "score": 9.1}
+                  ("answer": "" when a v2.0 model answers nothing)
 """
 
 import json

@@ -2,15 +2,15 @@
 
 A fine-tuning run (`finetune`, the loop of `python -m bertjax.finetune`)
 loads any model `bertjax.pretrained` reads, keeps its encoder, puts a fresh
-head on it (`model.Head`: sequence classification, regression or token
-classification), reads the task's files (`data_pipeline.task_data`) with the
-model's own tokenizer, and trains with the pretraining machinery: the mesh
-and sharding, the optimizer and schedule, the jitted step with donation,
-Orbax checkpoints with exact resume, SIGTERM and NaN handling, and the
-metric writers (`trainer.fit`). It evaluates on the eval file every epoch
-(or every `eval_every_steps`), keeps the best evaluation's params in
-`best/` and writes that evaluation's predictions to
-`eval_predictions.jsonl`.
+head on it (`model.Head`: sequence classification, regression, token
+classification or question answering), reads the task's files
+(`data_pipeline.task_data`) with the model's own tokenizer, and trains
+with the pretraining machinery: the mesh and sharding, the optimizer and
+schedule, the jitted step with donation, Orbax checkpoints with exact
+resume, SIGTERM and NaN handling, and the metric writers (`trainer.fit`).
+It evaluates on the eval file every epoch (or every `eval_every_steps`),
+keeps the best evaluation's params in `best/` and writes that evaluation's
+predictions to `eval_predictions.jsonl`.
 
 Task kinds and their objectives:
 
@@ -19,6 +19,10 @@ Task kinds and their objectives:
 * `regression`: squared error of one score; eval Pearson, Spearman, MSE.
 * `tagging`: cross-entropy of each word's tag at its first piece; eval
   entity-level F1 (seqeval semantics) and token accuracy.
+* `qa`: extractive QA (SQuAD v1.1/v2.0): the mean of the start and end
+  cross-entropies over context windows; the best span over a question's
+  windows (`answers`), mapped back to characters of its context; eval
+  SQuAD exact match and F1.
 """
 
 import dataclasses
@@ -46,20 +50,25 @@ HEAD_KINDS = {
   'classification': 'sequence_classification',
   'regression': 'sequence_classification',
   'tagging': 'token_classification',
+  'qa': 'question_answering',
 }
 # The eval metric that picks the best checkpoint, by task kind.
 DEFAULT_BEST_METRIC = {
   'classification': 'accuracy',
   'regression': 'pearson',
   'tagging': 'f1',
+  'qa': 'f1',
 }
 
 
 def get_head(kind: str, labels: Sequence[str]) -> model.Head:
+  """The head of a task kind with `labels` (classes or tags)."""
   if kind not in HEAD_KINDS:
     raise trainer.TrainingError(
       f'task {kind!r} is not one of {", ".join(HEAD_KINDS)}'
     )
+  if kind == 'qa':
+    return model.Head(HEAD_KINDS[kind])
   return model.Head(
     HEAD_KINDS[kind], 1 if kind == 'regression' else len(labels)
   )
@@ -155,10 +164,37 @@ class Tagging(_TaskObjective):
     return sums['loss_sum'] / jnp.maximum(jnp.sum(_tag_weights(batch)), 1.0)
 
 
+@dataclasses.dataclass(frozen=True)
+class QuestionAnswering(_TaskObjective):
+  """Mean of the start and end cross-entropies (BERT's run_squad.py);
+  `correct` counts windows whose start and end are both right."""
+
+  def sums(self, params, batch, rng, deterministic):
+    outputs = self.outputs(params, batch, rng, deterministic)
+    mask = batch['example_mask']
+    xent = optax.softmax_cross_entropy_with_integer_labels
+    start, end = batch['labels'][:, 0], batch['labels'][:, 1]
+    loss = 0.5 * (
+      xent(outputs['start_logits'], start) + xent(outputs['end_logits'], end)
+    )
+    hit = (jnp.argmax(outputs['start_logits'], -1) == start) & (
+      jnp.argmax(outputs['end_logits'], -1) == end
+    )
+    return dict(
+      loss_sum=jnp.sum(loss * mask),
+      count=jnp.sum(mask),
+      correct=jnp.sum(hit * mask),
+    )
+
+  def loss(self, sums, batch):
+    return sums['loss_sum'] / jnp.maximum(jnp.sum(batch['example_mask']), 1.0)
+
+
 OBJECTIVES = {
   'classification': Classification,
   'regression': Regression,
   'tagging': Tagging,
+  'qa': QuestionAnswering,
 }
 
 
@@ -182,7 +218,8 @@ def predict_logits(
   to_device: Callable[[dict], dict] = lambda batch: batch,
 ) -> list[np.ndarray]:
   """The `logits` of every example, in example order: float32 `[labels]`
-  per text, `[len_i, labels]` per tagged sentence.
+  per text, `[len_i, labels]` per tagged sentence, `[len_i, 2]` (start,
+  end) per QA window.
 
   `apply(params, batch)` returns the head's outputs; `to_device` turns a
   host's rows into what `apply` takes (global arrays, in a training run).
@@ -196,7 +233,14 @@ def predict_logits(
     process_index=jax.process_index(),
     process_count=jax.process_count(),
   ):
-    logits = _to_host(apply(params, to_device(batch))['logits'])
+    outputs = apply(params, to_device(batch))
+    if 'logits' in outputs:
+      logits = _to_host(outputs['logits'])
+    else:
+      logits = np.stack(
+        [_to_host(outputs['start_logits']), _to_host(outputs['end_logits'])],
+        -1,
+      )
     for row, i in enumerate(index):
       if i >= 0:
         n = len(features.input_ids[i])
@@ -223,16 +267,90 @@ def word_tags(
   return tags
 
 
+@dataclasses.dataclass(frozen=True)
+class AnswerSettings:
+  """How QA logits become an answer (BERT's run_squad.py defaults)."""
+
+  max_answer_length: int = 30  # tokens
+  n_best_size: int = 20  # start and end candidates per window
+  # SQuAD v2.0: answer '' when the null score beats the best span's by more.
+  null_score_diff_threshold: float = 0.0
+  allow_null: bool = False  # v2.0 (questions may have no answer)
+
+
+def answers(
+  logits: Sequence[np.ndarray],
+  examples: Sequence[task_data.Example],
+  features: task_data.Features,
+  settings: AnswerSettings,
+) -> list[dict[str, Any]]:
+  """The best answer of each example over its windows: `answer` (a slice
+  of the context, '' for no answer), character `start`, and `score` (start
+  plus end logit; for no answer, the null score)."""
+  best: list[dict[str, Any]] = [
+    dict(answer='', start=-1, score=-math.inf, null=math.inf) for _ in examples
+  ]
+  for x, i, spans in zip(
+    logits, features.example_index, features.char_spans, strict=True
+  ):
+    start_logits, end_logits = x[:, 0], x[:, 1]
+    b = best[i]
+    b['null'] = min(b['null'], float(start_logits[0] + end_logits[0]))
+    in_context = spans[:, 0] >= 0
+    k = settings.n_best_size
+    starts = [t for t in np.argsort(-start_logits)[:k] if in_context[t]]
+    ends = [t for t in np.argsort(-end_logits)[:k] if in_context[t]]
+    for s in starts:
+      for e in ends:
+        if e < s or e - s + 1 > settings.max_answer_length:
+          continue
+        value = float(start_logits[s] + end_logits[e])
+        if value > b['score']:
+          context = examples[i].context
+          b.update(
+            answer=context[spans[s, 0] : spans[e, 1]],
+            start=int(spans[s, 0]),
+            score=value,
+          )
+  out = []
+  for b in best:
+    if settings.allow_null and (
+      b['start'] < 0
+      or b['null'] - b['score'] > settings.null_score_diff_threshold
+    ):
+      out.append(dict(answer='', start=-1, score=b['null']))
+    else:
+      out.append(dict(answer=b['answer'], start=b['start'], score=b['score']))
+  return out
+
+
 def score(
   kind: str,
   logits: Sequence[np.ndarray],
   examples: Sequence[task_data.Example],
   features: task_data.Features,
   labels: Sequence[str],
+  qa_settings: AnswerSettings = AnswerSettings(),
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
   """Eval metrics (`eval/<name>`) and one prediction record per example."""
   records = []
-  if kind == 'tagging':
+  if kind == 'qa':
+    found = answers(logits, examples, features, qa_settings)
+    scores = metrics.squad_scores(
+      [f['answer'] for f in found],
+      [[a for a, _ in e.answers] for e in examples],
+    )
+    records = [
+      dict(
+        id=e.qid,
+        question=e.question,
+        gold=[a for a, _ in e.answers],
+        predicted=f['answer'],
+        start=f['start'],
+      )
+      for e, f in zip(examples, found, strict=True)
+    ]
+  elif kind == 'tagging':
     predicted, gold, losses, count = [], [], 0.0, 0
     for e, x, words, targets in zip(
       examples, logits, features.word_index, features.labels, strict=True
@@ -323,21 +441,42 @@ def _do_lower_case(tokenizer) -> bool | None:
 def _read_data(config, cache_dir):
   """(train examples, eval examples, columns) of `config.data`."""
   d = config.data
-  train_file, eval_file = d.train_file, d.eval_file
-  if d.demo:
-    if train_file or eval_file:
-      raise trainer.TrainingError(
-        'data.demo and data.train_file/eval_file exclude each other'
-      )
-    train_file, eval_file = task_data.demo_files(d.demo, cache_dir)
-  if not train_file:
-    raise trainer.TrainingError(
-      'no training data: set --config.data.train_file (or data.demo)'
-    )
   columns = task_data.Columns(d.text_column, d.text_pair_column, d.label_column)
-  read = dict(kind=config.task, columns=columns, skip_bad_rows=d.skip_bad_rows)
-  train = task_data.read_examples(train_file, **read)
-  held_out = task_data.read_examples(eval_file, **read) if eval_file else []
+  if d.tfds_name:
+    if d.train_file or d.eval_file:
+      raise trainer.TrainingError(
+        'data.tfds_name and data.train_file/eval_file exclude each other'
+      )
+    read = dict(
+      kind=config.task,
+      columns=columns,
+      data_dir=d.tfds_data_dir or None,
+      skip_bad_rows=d.skip_bad_rows,
+    )
+    train = task_data.read_tfds(d.tfds_name, d.train_split, **read)
+    held_out = (
+      task_data.read_tfds(d.tfds_name, d.eval_split, **read)
+      if d.eval_split
+      else []
+    )
+  else:
+    train_file, eval_file = d.train_file, d.eval_file
+    if not train_file and d.demo:
+      if eval_file:
+        raise trainer.TrainingError(
+          'data.eval_file needs data.train_file (data.demo brings both)'
+        )
+      train_file, eval_file = task_data.demo_files(d.demo, cache_dir)
+    if not train_file:
+      raise trainer.TrainingError(
+        'no training data: set --config.data.train_file, data.tfds_name '
+        'or data.demo'
+      )
+    read = dict(
+      kind=config.task, columns=columns, skip_bad_rows=d.skip_bad_rows
+    )
+    train = task_data.read_examples(train_file, **read)
+    held_out = task_data.read_examples(eval_file, **read) if eval_file else []
   for name, limit in (
     ('train', d.max_train_examples),
     ('eval', d.max_eval_examples),
@@ -351,7 +490,7 @@ def _read_data(config, cache_dir):
   return train, held_out, columns
 
 
-def _init_params(config, head, rng):
+def load_init(config, head, rng):
   """(BertConfig, params of `head` with the encoder of `config.init`,
   tokenizer file)."""
   if not config.init:
@@ -380,7 +519,9 @@ def _init_params(config, head, rng):
   return bert_config, params, tokenizer_file
 
 
-def _run_config(config, steps_per_epoch: int) -> ml_collections.ConfigDict:
+def derive_run_config(
+  config, steps_per_epoch: int
+) -> ml_collections.ConfigDict:
   """The fields `trainer` reads, derived from a fine-tuning config."""
   run = ml_collections.ConfigDict(config.to_dict())
   if config.num_train_epochs <= 0:
@@ -427,7 +568,7 @@ def finetune(config: ml_collections.ConfigDict, workdir_path: str) -> dict:
   rules = sharding.default_logical_axis_rules(config.mesh.extra_rules)
   train_examples, eval_examples, columns = _read_data(config, None)
   labels = task_data.label_names(train_examples, kind)
-  if kind != 'regression' and len(labels) < 2:
+  if kind in ('classification', 'tagging') and len(labels) < 2:
     raise trainer.TrainingError(
       f'{config.data.train_file or config.data.demo}: one label only '
       f'({labels}); a classifier needs two or more'
@@ -435,7 +576,7 @@ def finetune(config: ml_collections.ConfigDict, workdir_path: str) -> dict:
   task_data.check_labels(eval_examples, labels, kind)
   head = get_head(kind, labels)
   init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
-  bert_config, params, tokenizer_file = _init_params(config, head, init_rng)
+  bert_config, params, tokenizer_file = load_init(config, head, init_rng)
   if config.max_seq_length > bert_config.max_position_embeddings:
     raise trainer.TrainingError(
       f"max_seq_length {config.max_seq_length} exceeds the model's "
@@ -447,26 +588,39 @@ def finetune(config: ml_collections.ConfigDict, workdir_path: str) -> dict:
   tokenizer = _open_tokenizer(
     tokenizer_file, bert_config, do_lower_case, config.init
   )
+  qa = config.get('qa') or {}
+  qa_settings = AnswerSettings(
+    max_answer_length=qa.get('max_answer_length', 30),
+    n_best_size=qa.get('n_best_size', 20),
+    null_score_diff_threshold=qa.get('null_score_diff_threshold', 0.0),
+    # SQuAD v2.0 data (a question without an answer) allows no answer.
+    allow_null=any(not e.answers for e in (*train_examples, *eval_examples))
+    if kind == 'qa'
+    else False,
+  )
   encode = dict(
     tokenizer=tokenizer,
     kind=kind,
     max_seq_length=config.max_seq_length,
     label_names_=labels,
+    doc_stride=qa.get('doc_stride', 128),
+    max_query_length=qa.get('max_query_length', 64),
   )
   train_features = task_data.encode(train_examples, **encode)
   eval_features = (
     task_data.encode(eval_examples, **encode) if eval_examples else None
   )
   logging.info(
-    '%s: %d training examples (%d truncated), %d eval; labels %s',
+    '%s: %d training examples (%d %s), %d eval; labels %s',
     kind,
-    len(train_features),
-    train_features.truncated,
+    len(train_examples),
+    len(train_features) if kind == 'qa' else train_features.truncated,
+    'context windows' if kind == 'qa' else 'truncated',
     len(eval_examples),
-    labels[:20] if labels else 'none (regression)',
+    labels[:20] if labels else 'none',
   )
   steps_per_epoch = -(-len(train_features) // config.batch_size)
-  run = _run_config(config, steps_per_epoch)
+  run = derive_run_config(config, steps_per_epoch)
   shape = trainer.compute_run_shape(run, mesh)
   tx, schedule = trainer.create_optimizer(run)
   module = model.create_model(bert_config, head)
@@ -491,6 +645,9 @@ def finetune(config: ml_collections.ConfigDict, workdir_path: str) -> dict:
     max_seq_length=config.max_seq_length,
     do_lower_case=_do_lower_case(tokenizer),
     columns=dataclasses.asdict(columns),
+    doc_stride=encode['doc_stride'],
+    max_query_length=encode['max_query_length'],
+    answers=dataclasses.asdict(qa_settings),
   )
   checkpointer = workdir.Checkpointer(
     workdir_path,
@@ -595,6 +752,7 @@ _METRIC_NAMES = {
   'classification': ('accuracy', 'f1', 'matthews'),
   'regression': ('pearson', 'spearman'),
   'tagging': ('f1', 'precision', 'recall', 'accuracy'),
+  'qa': ('f1', 'exact', 'has_ans_f1', 'no_ans_f1'),
 }
 
 
@@ -604,7 +762,7 @@ def _write_jsonl(path: str, records: Sequence[Mapping[str, Any]]) -> None:
   with tmp.open('w') as f:
     for record in records:
       f.write(json.dumps(record, ensure_ascii=False) + '\n')
-  tmp.rename(path)
+  tmp.replace(path)
 
 
 # ---------------------------------------------------------------------------
@@ -660,14 +818,17 @@ def predict(
   batch_size: int = 32,
 ) -> list[dict[str, Any]]:
   """Predictions of a fine-tuned model, one record per example: `label`
-  and `probabilities` (classification), `score` (regression), or `words`
-  and their `tags` (tagging)."""
+  and `probabilities` (classification), `score` (regression), `words` and
+  their `tags` (tagging), or the question's `id`, its `answer` ('' for
+  none), the answer's character `start` and its `score` (QA)."""
   features = task_data.encode(
     examples,
     tuned.tokenizer,
     tuned.kind,
     tuned.task['max_seq_length'],
     tuned.labels,
+    doc_stride=tuned.task.get('doc_stride', 128),
+    max_query_length=tuned.task.get('max_query_length', 64),
   )
   module = model.create_model(tuned.config, tuned.head)
   apply = jax.jit(
@@ -683,6 +844,13 @@ def predict(
     tuned.task['max_seq_length'],
     tuned.tokenizer.pad_id,
   )
+  if tuned.kind == 'qa':
+    settings = AnswerSettings(**tuned.task.get('answers', {}))
+    found = answers(logits, examples, features, settings)
+    return [
+      dict(id=e.qid, answer=f['answer'], start=f['start'], score=f['score'])
+      for e, f in zip(examples, found, strict=True)
+    ]
   out = []
   for i, (e, x) in enumerate(zip(examples, logits, strict=True)):
     if tuned.kind == 'tagging':

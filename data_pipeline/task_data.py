@@ -14,6 +14,10 @@ Task kinds:
   the file spells them).
 * `regression`: a float score per text or text pair.
 * `tagging`: a tag per word (`B-PER`, `I-PER`, `O`, ...).
+* `qa`: extractive question answering on SQuAD v1.1 / v2.0 JSON: each
+  question with its context becomes one or more windows of the context
+  (`doc_stride` apart), each token keeping the character span of the
+  context it came from, so answers map back to the original text.
 
 Every row is checked as it is read: a bad row is a `DataError` naming the
 file and the row (line for JSONL and CoNLL, record for CSV/TSV, the header
@@ -32,7 +36,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-KINDS = ('classification', 'regression', 'tagging')
+KINDS = ('classification', 'regression', 'tagging', 'qa')
 # Shortest padded length of a batch: shorter shapes save little and each
 # costs a compilation.
 MIN_BUCKET = 16
@@ -61,6 +65,12 @@ class Example:
   label: str | float | None = None  # None: unlabelled (prediction input)
   words: tuple[str, ...] = ()
   tags: tuple[str, ...] = ()
+  # QA: the question, its context, the gold answers as (text, character
+  # start) pairs (none: unanswerable, SQuAD v2.0) and the question's id.
+  question: str = ''
+  context: str = ''
+  answers: tuple[tuple[str, int], ...] = ()
+  qid: str = ''
 
 
 # ---------------------------------------------------------------------------
@@ -111,8 +121,14 @@ def read_examples(
     raise DataError(f'task kind {kind!r} is not one of {", ".join(KINDS)}')
   if not os.path.isfile(path):
     raise DataError(f'{path}: no such file')
-  fmt = file_format(path)
-  if kind == 'tagging':
+  if kind == 'qa':
+    rows = _squad_rows(path, labelled)
+    fmt = None
+  else:
+    fmt = file_format(path)
+  if fmt is None:
+    pass
+  elif kind == 'tagging':
     if fmt != 'conll':
       raise DataError(
         f'{path}: tagging reads CoNLL-style files (a word and its tag per '
@@ -276,10 +292,183 @@ def _conll_rows(path, labelled) -> Iterator[Any]:
     yield Example(row=f'{path}:{start}', words=tuple(words), tags=tuple(tags))
 
 
+def read_tfds(
+  name: str,
+  split: str,
+  kind: str,
+  columns: Columns = Columns(),
+  data_dir: str | None = None,
+  skip_bad_rows: bool = False,
+) -> list[Example]:
+  """Reads a prepared TFDS dataset as task examples; never downloads.
+
+  Features by kind: text (and pair) and label columns (a `ClassLabel`
+  label reads as its name; GLUE's unlabelled -1 fails); tagging: the words
+  column `columns.text` (e.g. conll2003's `tokens`) and the tags column
+  `columns.label` (e.g. `ner`); QA: SQuAD's `id`, `question`, `context`
+  and `answers` (`text`, `answer_start`).
+
+  Raises:
+    DataError: not prepared in `data_dir` (prepare it once where it can be
+      downloaded: `tfds build NAME`), an unknown split or feature, or a bad
+      example.
+  """
+  import tensorflow_datasets as tfds  # Heavy; only TFDS inputs need it.
+
+  try:
+    builder = tfds.builder(name, data_dir=data_dir or None)
+    ds = tfds.load(name, split=split, data_dir=data_dir or None, download=False)
+  except (AssertionError, ValueError, FileNotFoundError) as e:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise DataError(
+      f'TFDS {name} split {split!r}: {first} (prepare it once where it can '
+      f'be downloaded: tfds build {name.split("/")[0]})'
+    ) from None
+  features = builder.info.features
+  spec = ds.element_spec
+  if kind == 'qa':
+    wanted = ['question', 'context', 'answers']
+  elif kind == 'tagging':
+    wanted = [columns.text, columns.label]
+  else:
+    wanted = [columns.text, columns.label]
+    if columns.text_pair:
+      wanted.append(columns.text_pair)
+  missing = [w for w in wanted if w not in spec]
+  if missing:
+    raise DataError(
+      f'TFDS {name}: no feature {", ".join(map(repr, missing))} (features: '
+      f'{", ".join(sorted(spec))}); set config.data.text_column / '
+      'text_pair_column / label_column'
+    )
+
+  def names_of(feature):
+    inner = getattr(feature, 'feature', feature)  # Sequence(ClassLabel)
+    return getattr(inner, 'names', None)
+
+  label_names_ = names_of(features[columns.label]) if kind != 'qa' else None
+  out, skipped = [], 0
+  for number, record in enumerate(tfds.as_numpy(ds)):
+    where = f'{name}/{split}:{number}'
+    try:
+      out.append(_tfds_example(record, where, kind, columns, label_names_))
+    except DataError as e:
+      if not skip_bad_rows:
+        raise
+      skipped += 1
+      if skipped <= 5:
+        logging.warning('skipped: %s', e)
+  if skipped:
+    logging.warning('%s/%s: skipped %d bad example(s)', name, split, skipped)
+  if not out:
+    raise DataError(f'TFDS {name} split {split!r}: no examples')
+  return out
+
+
+def _text(value) -> str:
+  return value.decode('utf-8') if isinstance(value, bytes) else str(value)
+
+
+def _tfds_example(record, where, kind, columns, label_names_) -> Example:
+  if kind == 'qa':
+    answers = record['answers']
+    texts = [_text(t) for t in answers['text']]
+    starts = [int(x) for x in answers['answer_start']]
+    context = _text(record['context'])
+    for text, start in zip(texts, starts, strict=True):
+      if context[start : start + len(text)] != text:
+        raise DataError(
+          f'{where}: answer {text!r} at {start} is not in its context'
+        )
+    return Example(
+      row=where,
+      question=_text(record['question']),
+      context=context,
+      answers=tuple(zip(texts, starts, strict=True)),
+      qid=_text(record.get('id', where)),
+    )
+
+  def label(value):
+    value = value.item() if hasattr(value, 'item') else value
+    if label_names_ is None:
+      return value
+    if not 0 <= int(value) < len(label_names_):
+      raise DataError(f'{where}: label {value} (unlabelled test data?)')
+    return label_names_[int(value)]
+
+  if kind == 'tagging':
+    words = tuple(_text(w) for w in record[columns.text])
+    tags = tuple(str(label(t)) for t in record[columns.label])
+    if len(words) != len(tags) or not words:
+      raise DataError(f'{where}: {len(words)} words and {len(tags)} tags')
+    return Example(row=where, words=words, tags=tags)
+  text = _text(record[columns.text])
+  pair = _text(record[columns.text_pair]) if columns.text_pair else None
+  if not text.strip() or (pair is not None and not pair.strip()):
+    raise DataError(f'{where}: empty text')
+  value = label(record[columns.label])
+  if kind == 'regression':
+    value = float(value)
+  else:
+    value = str(value)
+  return Example(row=where, text=text, text_pair=pair, label=value)
+
+
+def _squad_rows(path, labelled) -> Iterator[Any]:
+  """Questions of a SQuAD v1.1 / v2.0 JSON file (`data` -> `paragraphs` ->
+  `context`, `qas` -> `id`, `question`, `answers`, `is_impossible`)."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      root = json.load(f)
+  except UnicodeDecodeError as e:
+    raise DataError(f'{path}: not UTF-8 text ({e.reason})') from None
+  except json.JSONDecodeError as e:
+    raise DataError(f'{path}: not JSON ({e.msg}, line {e.lineno})') from None
+  if not isinstance(root, dict) or not isinstance(root.get('data'), list):
+    raise DataError(f'{path}: not SQuAD JSON (no "data" list)')
+  for article in root['data']:
+    for paragraph in article.get('paragraphs', ()):
+      context = paragraph.get('context')
+      for qa in paragraph.get('qas', ()):
+        qid = str(qa.get('id', '?'))
+        where = f'{path}: question {qid}'
+        if not isinstance(context, str) or not context.strip():
+          yield DataError(f'{where}: empty context')
+          continue
+        question = qa.get('question')
+        if not isinstance(question, str) or not question.strip():
+          yield DataError(f'{where}: empty question')
+          continue
+        answers = []
+        for answer in qa.get('answers', ()) if labelled else ():
+          text, start = answer.get('text'), answer.get('answer_start')
+          if (
+            not isinstance(text, str)
+            or not isinstance(start, int)
+            or context[start : start + len(text)] != text
+          ):
+            yield DataError(
+              f'{where}: answer {text!r} at {start!r} is not in its context'
+            )
+            break
+          answers.append((text, start))
+        else:
+          if labelled and not answers and not qa.get('is_impossible'):
+            yield DataError(f'{where}: no answer and not is_impossible')
+            continue
+          yield Example(
+            row=where,
+            question=question,
+            context=context,
+            answers=tuple(answers),
+            qid=qid,
+          )
+
+
 def label_names(examples: Sequence[Example], kind: str) -> list[str]:
   """The sorted label (or tag) names of training examples; regression has
   none."""
-  if kind == 'regression':
+  if kind in ('regression', 'qa'):
     return []
   if kind == 'tagging':
     names = {t for e in examples for t in e.tags}
@@ -376,6 +565,11 @@ class Features:
   `[len_i]` array with -1 where no label is predicted (specials and word
   continuations); `word_index[i]` (tagging) maps each token to its word, -1
   for none. `truncated` counts examples cut to max_seq_length.
+
+  QA: one feature per window; `labels[i]` is int32 `[2]`, the answer's
+  start and end token (0, 0: no answer in this window, or none at all);
+  `example_index[i]` is the window's example and `char_spans[i]` int32
+  `[len_i, 2]` the context characters of each token (-1 outside it).
   """
 
   kind: str
@@ -384,6 +578,8 @@ class Features:
   labels: list[Any]
   word_index: list[np.ndarray] | None = None
   truncated: int = 0
+  example_index: list[int] | None = None
+  char_spans: list[np.ndarray] | None = None
 
   def __len__(self) -> int:
     return len(self.input_ids)
@@ -407,6 +603,8 @@ def encode(
   kind: str,
   max_seq_length: int,
   label_names_: Sequence[str] = (),
+  doc_stride: int = 128,
+  max_query_length: int = 64,
 ) -> Features:
   """Tokenizes examples into BERT inputs (see `Features`).
 
@@ -415,10 +613,16 @@ def encode(
     tokenizer: a `data_pipeline.tokenizers.Tokenizer`.
     kind: one of KINDS.
     max_seq_length: tokens per example, specials included (>= 3).
-    label_names_: class or tag names, by id (unused for regression).
+    label_names_: class or tag names, by id (unused for regression, QA).
+    doc_stride, max_query_length: QA only: the distance between the starts
+      of a context's windows, and the tokens a question keeps.
   """
   if max_seq_length < 3:
     raise DataError(f'max_seq_length must be >= 3, got {max_seq_length}')
+  if kind == 'qa':
+    return _encode_qa(
+      examples, tokenizer, max_seq_length, doc_stride, max_query_length
+    )
   index = {name: i for i, name in enumerate(label_names_)}
   cls, sep = tokenizer.cls_id, tokenizer.sep_id
   out = Features(kind, [], [], [], [] if kind == 'tagging' else None)
@@ -472,6 +676,64 @@ def encode(
 # Batches.
 
 
+def context_windows(
+  num_tokens: int, window: int, stride: int
+) -> list[tuple[int, int]]:
+  """(start, end) token ranges that cover a context of `num_tokens`: each
+  `window` long at most, starting `stride` apart (BERT's run_squad.py)."""
+  spans, start = [], 0
+  while True:
+    end = min(start + window, num_tokens)
+    spans.append((start, end))
+    if end >= num_tokens:
+      return spans
+    start += min(end - start, stride)
+
+
+def _encode_qa(examples, tokenizer, max_seq_length, stride, max_query_length):
+  if stride < 1 or max_query_length < 1:
+    raise DataError(
+      f'doc_stride ({stride}) and max_query_length ({max_query_length}) '
+      'must be >= 1'
+    )
+  cls, sep = tokenizer.cls_id, tokenizer.sep_id
+  questions = tokenizer.encode_batch([e.question for e in examples])
+  contexts = tokenizer.encode_with_offsets([e.context for e in examples])
+  out = Features('qa', [], [], [], example_index=[], char_spans=[])
+  for i, e in enumerate(examples):
+    question = questions[i][:max_query_length]
+    context_ids, offsets = contexts[i]
+    window = max_seq_length - len(question) - 3
+    if window < 1:
+      raise DataError(
+        f'max_seq_length {max_seq_length} leaves no room for the context '
+        f'after a {len(question)}-token question (lower max_query_length)'
+      )
+    answer = None
+    if e.answers:
+      text, start = e.answers[0]
+      end = start + len(text)
+      inside = [t for t, (a, b) in enumerate(offsets) if a < end and b > start]
+      if inside:
+        answer = (inside[0], inside[-1])
+    head = [cls, *question, sep]
+    for first, last in context_windows(len(context_ids), window, stride):
+      ids = [*head, *context_ids[first:last], sep]
+      spans = np.full((len(ids), 2), -1, np.int32)
+      spans[len(head) : len(head) + last - first] = offsets[first:last]
+      label = [0, 0]
+      if answer and first <= answer[0] and answer[1] < last:
+        label = [answer[0] - first + len(head), answer[1] - first + len(head)]
+      out.input_ids.append(np.array(ids, np.int32))
+      segments = np.ones(len(ids), np.int32)
+      segments[: len(head)] = 0
+      out.segment_ids.append(segments)
+      out.labels.append(np.array(label, np.int32))
+      out.example_index.append(i)
+      out.char_spans.append(spans)
+  return out
+
+
 def bucket_length(longest: int, max_seq_length: int) -> int:
   """The padded length of a batch whose longest example has `longest`
   tokens: the next of 16, 24, 32, 48, 64, 96, ... (powers of two and the
@@ -504,6 +766,8 @@ def make_batch(
   tagging = features.kind == 'tagging'
   if tagging:
     labels = np.full((rows, seq_len), -1, np.int32)
+  elif features.kind == 'qa':
+    labels = np.zeros((rows, 2), np.int32)
   else:
     regression = features.kind == 'regression'
     labels = np.zeros(rows, np.float32 if regression else np.int32)

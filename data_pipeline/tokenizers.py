@@ -127,6 +127,14 @@ class Tokenizer(abc.ABC):
     the backend can)."""
 
   @abc.abstractmethod
+  def encode_with_offsets(
+    self, texts: Sequence[str]
+  ) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """The ids of each text (as encode_batch) and, for each id, the
+    (start, end) character span of the text it came from (what maps an
+    answer span back to the original text)."""
+
+  @abc.abstractmethod
   def decode(self, ids: Sequence[int]) -> str:
     """The text of `ids`, normalised as the tokenizer normalises (e.g.
     lower-cased), with specials written out ('[MASK]')."""
@@ -207,6 +215,12 @@ class WordPieceTokenizer(Tokenizer):
       list(texts), add_special_tokens=False
     )
     return [e.ids for e in encodings]
+
+  def encode_with_offsets(self, texts):
+    encodings = self._tokenizer.encode_batch(
+      list(texts), add_special_tokens=False
+    )
+    return [(e.ids, [tuple(o) for o in e.offsets]) for e in encodings]
 
   def decode(self, ids: Sequence[int]) -> str:
     return self._tokenizer.decode(list(ids), skip_special_tokens=False)
@@ -330,6 +344,30 @@ class SentencePieceTokenizer(Tokenizer):
 
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
     return self._processor.encode(list(texts), out_type=int)
+
+  def encode_with_offsets(self, texts):
+    out = []
+    for text, proto in zip(
+      texts,
+      self._processor.encode(list(texts), out_type='immutable_proto'),
+      strict=True,
+    ):
+      # SentencePiece gives byte offsets into the UTF-8 text.
+      char_at = np.zeros(len(text.encode('utf-8')) + 1, np.int64)
+      position = 0
+      for i, ch in enumerate(text):
+        width = len(ch.encode('utf-8'))
+        char_at[position : position + width] = i
+        position += width
+      char_at[position] = len(text)
+      pieces = proto.pieces
+      out.append(
+        (
+          [p.id for p in pieces],
+          [(int(char_at[p.begin]), int(char_at[p.end])) for p in pieces],
+        )
+      )
+    return out
 
   def decode(self, ids: Sequence[int]) -> str:
     # SentencePiece drops control pieces and shows unknown as ' ⁇ '; write

@@ -264,3 +264,108 @@ def test_demo_files_split_real_sentiment(tmp_path):
   assert len(train) + len(held_out) == len(corpus_readers.english_sentiment())
   assert len(held_out) == -(-12808 // 5)
   assert task_data.label_names(train, 'classification') == ['fresh', 'rotten']
+
+
+def _tfds_dataset(data_dir, dataset_name, features, examples):
+  """Prepares a TFDS dataset offline (train and validation splits)."""
+  import tensorflow_datasets as tfds
+
+  class TinyTask(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    name = dataset_name
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+        builder=self, features=tfds.features.FeaturesDict(features)
+      )
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {
+        'train': self._generate_examples(0),
+        'validation': self._generate_examples(1),
+      }
+
+    def _generate_examples(self, part):
+      yield from enumerate(examples[part::2])
+
+  TinyTask(data_dir=str(data_dir)).download_and_prepare()
+
+
+def test_tfds_datasets_by_name(tmp_path):
+  import tensorflow_datasets as tfds
+
+  f = tfds.features
+  _tfds_dataset(
+    tmp_path,
+    'tiny_sst',
+    dict(
+      sentence=f.Text(),
+      label=f.ClassLabel(names=['negative', 'positive']),
+    ),
+    [dict(sentence=f'film {i}', label=i % 2) for i in range(8)],
+  )
+  columns = task_data.Columns(text='sentence')
+  read = task_data.read_tfds(
+    'tiny_sst', 'train', 'classification', columns, str(tmp_path)
+  )
+  # TFDS orders examples by a hash of their keys.
+  assert sorted((e.text, e.label) for e in read) == [
+    ('film 0', 'negative'),
+    ('film 2', 'negative'),
+    ('film 4', 'negative'),
+    ('film 6', 'negative'),
+  ]
+  held_out = task_data.read_tfds(
+    'tiny_sst', 'validation', 'classification', columns, str(tmp_path)
+  )
+  assert {e.label for e in held_out} == {'positive'}
+  _tfds_dataset(
+    tmp_path,
+    'tiny_conll',
+    dict(
+      tokens=f.Sequence(f.Text()),
+      ner=f.Sequence(f.ClassLabel(names=['O', 'B-PER', 'I-PER'])),
+    ),
+    [dict(tokens=['John', 'Smith', 'ran'], ner=[1, 2, 0])] * 2,
+  )
+  tagged = task_data.read_tfds(
+    'tiny_conll',
+    'train',
+    'tagging',
+    task_data.Columns(text='tokens', label='ner'),
+    str(tmp_path),
+  )
+  assert tagged[0].words == ('John', 'Smith', 'ran')
+  assert tagged[0].tags == ('B-PER', 'I-PER', 'O')
+  context = 'Bertjax lives in Zürich.'
+  _tfds_dataset(
+    tmp_path,
+    'tiny_squad',
+    dict(
+      id=f.Text(),
+      question=f.Text(),
+      context=f.Text(),
+      answers=f.Sequence(dict(text=f.Text(), answer_start=np.int32)),
+    ),
+    [
+      dict(
+        id=f'q{i}',
+        question='Where?',
+        context=context,
+        answers=dict(text=['Zürich'], answer_start=[17]),
+      )
+      for i in range(2)
+    ],
+  )
+  qa = task_data.read_tfds('tiny_squad', 'train', 'qa', data_dir=str(tmp_path))
+  assert qa[0].answers == (('Zürich', 17),) and qa[0].qid == 'q0'
+  with pytest.raises(task_data.DataError, match='TFDS glue/nope') as e:
+    task_data.read_tfds(
+      'glue/nope', 'train', 'classification', data_dir=str(tmp_path)
+    )
+  assert '\n' not in str(e.value)
+  with pytest.raises(task_data.DataError, match="no feature 'text'"):
+    task_data.read_tfds(
+      'tiny_sst', 'train', 'classification', data_dir=str(tmp_path)
+    )

@@ -5,9 +5,9 @@ r"""Text (or text-pair) classification: sentiment, topic, entailment, ...
     --config.data.train_file=train.csv --config.data.eval_file=dev.csv
 
 Labels are read from the training file's label column (any names). For
-pairs (MRPC, MNLI, ...) set `--config.data.text_pair_column`. With no files,
-`data.demo=sentiment-en` (the default here) fine-tunes on real Rotten
-Tomatoes snippets.
+pairs (MRPC, MNLI, ...) set `--config.data.text_pair_column`. With no
+`data.train_file`, `data.demo=sentiment-en` (the default here) fine-tunes on
+real Rotten Tomatoes snippets.
 """
 
 from configs.finetune import common

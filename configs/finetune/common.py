@@ -3,7 +3,8 @@
 BERT's paper fine-tunes with Adam at 2e-5 to 5e-5, batch 16 or 32, for 2 to
 4 epochs, warming up over the first 10% of steps and decaying linearly to
 zero, with dropout 0.1 kept on; these defaults follow it. The task recipes
-(`classification.py`, `regression.py`, `ner.py`) start from `get_config`.
+(`classification.py`, `regression.py`, `ner.py`, `qa.py`) start from
+`get_config`.
 """
 
 import ml_collections
@@ -17,7 +18,7 @@ def get_config(task: str) -> ml_collections.ConfigDict:
   # pretrained model name (all-minilm-l6-v2). Its encoder is kept, the head
   # is new; its vocabulary tokenizes the data.
   config.init = ''
-  # classification | regression | tagging.
+  # classification | regression | tagging | qa.
   config.task = task
   # Seed of the head's init, dropout and data order.
   config.seed = 0
@@ -67,8 +68,16 @@ def get_config(task: str) -> ml_collections.ConfigDict:
   # CoNLL-style .conll/.iob/.bio (a word and its tag per line) for tagging.
   config.data.train_file = ''
   config.data.eval_file = ''
-  # A real demo task instead of files ('sentiment-en': Rotten Tomatoes
-  # snippets, fresh or rotten).
+  # A prepared TFDS dataset instead of files (glue/sst2, glue/mrpc,
+  # squad/v1.1, conll2003, ...; read with download=False: prepare it once
+  # with `tfds build` where it can be downloaded), its directory ('' = the
+  # TFDS default) and splits ('' eval split = no eval).
+  config.data.tfds_name = ''
+  config.data.tfds_data_dir = ''
+  config.data.train_split = 'train'
+  config.data.eval_split = 'validation'
+  # A real demo task, used when train_file is '' ('sentiment-en': Rotten
+  # Tomatoes snippets, fresh or rotten).
   config.data.demo = ''
   # Column of the text, of the second text of a pair ('' = single texts),
   # and of the label.

@@ -34,7 +34,7 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Runs and results.')
 _SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds per task: 0 .. N-1.')
 _TASKS = flags.DEFINE_list('tasks', None, 'Only these tasks of the suite.')
 
-RECIPES = ('classification', 'regression', 'ner')
+RECIPES = ('classification', 'regression', 'ner', 'qa')
 RESULTS_MD = 'results.md'
 RESULTS_JSON = 'results.json'
 

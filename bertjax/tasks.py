@@ -439,8 +439,10 @@ def _do_lower_case(tokenizer) -> bool | None:
 
 
 def _read_data(config, cache_dir):
-  """(train examples, eval examples, columns) of `config.data`."""
+  """(train examples, eval examples, columns, label names in the data's
+  own order or None) of `config.data`."""
   d = config.data
+  order = None
   columns = task_data.Columns(d.text_column, d.text_pair_column, d.label_column)
   if d.tfds_name:
     if d.train_file or d.eval_file:
@@ -453,9 +455,9 @@ def _read_data(config, cache_dir):
       data_dir=d.tfds_data_dir or None,
       skip_bad_rows=d.skip_bad_rows,
     )
-    train = task_data.read_tfds(d.tfds_name, d.train_split, **read)
+    train, order = task_data.read_tfds(d.tfds_name, d.train_split, **read)
     held_out = (
-      task_data.read_tfds(d.tfds_name, d.eval_split, **read)
+      task_data.read_tfds(d.tfds_name, d.eval_split, **read)[0]
       if d.eval_split
       else []
     )
@@ -487,7 +489,7 @@ def _read_data(config, cache_dir):
     train = train[: d.max_train_examples]
   if d.max_eval_examples:
     held_out = held_out[: d.max_eval_examples]
-  return train, held_out, columns
+  return train, held_out, columns, order
 
 
 def load_init(config, head, rng):
@@ -566,8 +568,10 @@ def finetune(config: ml_collections.ConfigDict, workdir_path: str) -> dict:
   best_metric = 'eval/' + (config.best_metric or DEFAULT_BEST_METRIC[kind])
   mesh = sharding.create_mesh(tuple(config.mesh.shape))
   rules = sharding.default_logical_axis_rules(config.mesh.extra_rules)
-  train_examples, eval_examples, columns = _read_data(config, None)
+  train_examples, eval_examples, columns, order = _read_data(config, None)
   labels = task_data.label_names(train_examples, kind)
+  if order and kind != 'regression':
+    labels = list(order)
   if kind in ('classification', 'tagging') and len(labels) < 2:
     raise trainer.TrainingError(
       f'{config.data.train_file or config.data.demo}: one label only '

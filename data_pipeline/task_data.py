@@ -299,8 +299,13 @@ def read_tfds(
   columns: Columns = Columns(),
   data_dir: str | None = None,
   skip_bad_rows: bool = False,
-) -> list[Example]:
+) -> tuple[list[Example], list[str] | None]:
   """Reads a prepared TFDS dataset as task examples; never downloads.
+
+  Returns:
+    The examples, and the label (or tag) names in the dataset's order when
+    its label is a `ClassLabel` (GLUE's positive class is its label 1:
+    keeping the order keeps F1 GLUE's), else None.
 
   Features by kind: text (and pair) and label columns (a `ClassLabel`
   label reads as its name; GLUE's unlabelled -1 fails); tagging: the words
@@ -362,7 +367,7 @@ def read_tfds(
     logging.warning('%s/%s: skipped %d bad example(s)', name, split, skipped)
   if not out:
     raise DataError(f'TFDS {name} split {split!r}: no examples')
-  return out
+  return out, list(label_names_) if label_names_ else None
 
 
 def _text(value) -> str:

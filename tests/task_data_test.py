@@ -306,9 +306,10 @@ def test_tfds_datasets_by_name(tmp_path):
     [dict(sentence=f'film {i}', label=i % 2) for i in range(8)],
   )
   columns = task_data.Columns(text='sentence')
-  read = task_data.read_tfds(
+  read, names = task_data.read_tfds(
     'tiny_sst', 'train', 'classification', columns, str(tmp_path)
   )
+  assert names == ['negative', 'positive']
   # TFDS orders examples by a hash of their keys.
   assert sorted((e.text, e.label) for e in read) == [
     ('film 0', 'negative'),
@@ -316,7 +317,7 @@ def test_tfds_datasets_by_name(tmp_path):
     ('film 4', 'negative'),
     ('film 6', 'negative'),
   ]
-  held_out = task_data.read_tfds(
+  held_out, _ = task_data.read_tfds(
     'tiny_sst', 'validation', 'classification', columns, str(tmp_path)
   )
   assert {e.label for e in held_out} == {'positive'}
@@ -329,7 +330,7 @@ def test_tfds_datasets_by_name(tmp_path):
     ),
     [dict(tokens=['John', 'Smith', 'ran'], ner=[1, 2, 0])] * 2,
   )
-  tagged = task_data.read_tfds(
+  tagged, tags = task_data.read_tfds(
     'tiny_conll',
     'train',
     'tagging',
@@ -338,6 +339,7 @@ def test_tfds_datasets_by_name(tmp_path):
   )
   assert tagged[0].words == ('John', 'Smith', 'ran')
   assert tagged[0].tags == ('B-PER', 'I-PER', 'O')
+  assert tags == ['O', 'B-PER', 'I-PER']
   context = 'Bertjax lives in Zürich.'
   _tfds_dataset(
     tmp_path,
@@ -358,7 +360,9 @@ def test_tfds_datasets_by_name(tmp_path):
       for i in range(2)
     ],
   )
-  qa = task_data.read_tfds('tiny_squad', 'train', 'qa', data_dir=str(tmp_path))
+  qa, _ = task_data.read_tfds(
+    'tiny_squad', 'train', 'qa', data_dir=str(tmp_path)
+  )
   assert qa[0].answers == (('Zürich', 17),) and qa[0].qid == 'q0'
   with pytest.raises(task_data.DataError, match='TFDS glue/nope') as e:
     task_data.read_tfds(

@@ -7,7 +7,8 @@ rotten), small enough for a laptop CPU.
 A suite file defines `get_suite()`, returning a list of tasks. Each task:
 
   name       a directory name for its runs
-  recipe     classification | regression | ner (configs/finetune/<recipe>.py)
+  recipe     classification | regression | ner | qa
+             (configs/finetune/<recipe>.py)
   metric     the eval metric reported (accuracy, f1, matthews, pearson, ...)
   config     {'dotted.field': value} overrides of the recipe: data files and
              columns, epochs, learning rate, ...

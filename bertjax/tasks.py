@@ -735,8 +735,18 @@ def finetune(config: ml_collections.ConfigDict, workdir_path: str) -> dict:
     )
   finally:
     checkpointer.close()
+  reference = baseline(kind, eval_examples, train_examples)
+  if jax.process_index() == 0:
+    second = ('train/accuracy',) if kind != 'regression' else ()
+    workdir.plot_learning_curves(
+      workdir_path,
+      {reference[0]: reference[1]} if reference else None,
+      {
+        'loss': ('train/loss', 'eval/loss'),
+        best_metric: (*second, best_metric),
+      },
+    )
   if best:
-    reference = baseline(kind, eval_examples, train_examples)
     logging.info(
       'Finished at step %d; best %s %.4f at step %d%s',
       step,

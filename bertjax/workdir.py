@@ -32,7 +32,7 @@ import json
 import math
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -418,13 +418,22 @@ def read_metrics(workdir: str) -> list[dict]:
   return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
+# Pretraining's curves: panel title -> metric names.
+PRETRAINING_CURVES = {
+  'loss': ('train/mlm_loss', 'train/nsp_loss', 'eval/mlm_loss'),
+  'accuracy': ('train/mlm_accuracy', 'train/nsp_accuracy', 'eval/mlm_accuracy'),
+}
+
+
 def plot_learning_curves(
-  workdir: str, baselines: Mapping[str, float] | None = None
+  workdir: str,
+  baselines: Mapping[str, float] | None = None,
+  curves: Mapping[str, Sequence[str]] = PRETRAINING_CURVES,
 ) -> str | None:
-  """Draws loss and accuracy curves from `metrics.jsonl` into a PNG and
-  returns its path (None when there is nothing to draw). `baselines` are
-  horizontal reference lines on the accuracy panel, e.g. the
-  most-frequent-token MLM accuracy."""
+  """Draws the metrics `curves` names (two panels, by title) from
+  `metrics.jsonl` into a PNG and returns its path (None when there is
+  nothing to draw). `baselines` are horizontal reference lines on the
+  second panel, e.g. the most-frequent-token MLM accuracy."""
   records = read_metrics(workdir)
   if not records:
     return None
@@ -433,15 +442,14 @@ def plot_learning_curves(
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt
 
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-  for ax, title in zip(axes, ('loss', 'accuracy'), strict=True):
-    for head in ('train/mlm', 'train/nsp', 'eval/mlm'):
-      key = f'{head}_{title}'
+  fig, axes = plt.subplots(1, len(curves), figsize=(11, 4))
+  for i, (ax, title) in enumerate(zip(axes, curves, strict=True)):
+    for key in curves[title]:
       points = [(r['step'], r[key]) for r in records if r.get(key) is not None]
       if points:
         steps, values = zip(*points, strict=True)
         ax.plot(steps, values, label=key, marker='.' if 'eval' in key else '')
-    if title == 'accuracy':
+    if i == len(curves) - 1:
       for name, value in (baselines or {}).items():
         ax.axhline(value, linestyle='--', color='gray', label=name)
     ax.set_xlabel('step')

@@ -704,8 +704,13 @@ def finetune(config: ml_collections.ConfigDict, workdir_path: str) -> dict:
         lambda b: trainer.make_global(b, batch_sharding),
       )
       scores, records = score(
-        kind, logits, eval_examples, eval_features, labels
+        kind, logits, eval_examples, eval_features, labels, qa_settings
       )
+      if best_metric not in scores:
+        raise trainer.TrainingError(
+          f'best_metric {best_metric} is not computed for this data '
+          f'(computed: {", ".join(sorted(scores))})'
+        )
       if not best or scores[best_metric] > best[best_metric]:
         best.clear()
         best.update(scores, step=step)

@@ -162,6 +162,9 @@ class Checkpointer:
   ) -> None:
     """Replaces `best/` with these params and the metrics that made them
     the best (Orbax commits the new step before it deletes the old)."""
+    # The two managers' saves must not overlap: with several processes
+    # their asynchronous saves meet at barriers of the same name.
+    self._manager.wait_until_finished()
     self._best.save(
       step,
       args=ocp.args.Composite(
@@ -187,6 +190,8 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, data_iterator: Any) -> None:
     """Saves (asynchronously) the state and this process's input position."""
+    if self._best is not None:
+      self._best.wait_until_finished()  # See save_best.
     self._manager.save(
       step,
       args=ocp.args.Composite(

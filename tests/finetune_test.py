@@ -213,9 +213,11 @@ def test_resume_is_exact(tiny_english, tmp_path):
     checkpoint_every_steps=4,
     keep_checkpoints=5,
     log_every_steps=4,
+    max_seq_length=64,
     **{
       'data.train_file': train,
       'data.eval_file': held_out,
+      'data.bucketing': False,  # One shape: one compilation per run.
     },
   )
   straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
@@ -374,26 +376,28 @@ def _pair_files(root, n_train=1024, n_eval=256):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('recipe', ['regression', 'classification'])
-def test_sentence_pairs_learn(recipe, tmp_path):
-  train, held_out = _pair_files(tmp_path)
+def test_sentence_pair_regression_learns(tmp_path):
+  """An STS-B-like score of real sentence pairs (pair classification runs
+  in the harness test)."""
+  train, held_out = _pair_files(tmp_path, 512, 256)
   config = _config(
-    recipe,
+    'regression',
     init='all-minilm-l6-v2',
-    num_train_epochs=1.0,
+    num_train_epochs=3.0,
     learning_rate=1e-4,
+    max_seq_length=64,
     **{
       'data.train_file': train,
       'data.eval_file': held_out,
       'data.text_pair_column': 'text_pair',
-      'data.label_column': 'score' if recipe == 'regression' else 'label',
+      'data.label_column': 'score',
+      'data.bucketing': False,  # One shape: one compilation.
     },
   )
   result = tasks.finetune(config, str(tmp_path / 'run'))
-  if recipe == 'regression':
-    assert result['best/eval/pearson'] > 0.4, result
-  else:
-    assert result['best/eval/accuracy'] > 0.7, result
+  # Measured: Pearson 0.76 (and 0.75 accuracy for the same pairs as
+  # same/different classification).
+  assert result['best/eval/pearson'] > 0.5, result
 
 
 def test_harness_runs_a_two_task_suite_with_two_seeds(tiny_english, tmp_path):
@@ -409,10 +413,10 @@ def test_harness_runs_a_two_task_suite_with_two_seeds(tiny_english, tmp_path):
     f'         reference=(0.9, "made up for the test"),\n'
     f'         config={{**common, "data.train_file": {train!r},\n'
     f'                 "data.eval_file": {held_out!r}}}),\n'
-    '    dict(name="overlap", recipe="regression", metric="pearson",\n'
+    '    dict(name="overlap", recipe="classification", metric="f1",\n'
     f'         config={{**common, "data.train_file": {pairs_train!r},\n'
     f'                 "data.eval_file": {pairs_eval!r},\n'
-    '                 "data.label_column": "score"}),\n'
+    '                 "data.text_pair_column": "text_pair"}),\n'
     '  ]\n'
   )
   out = tmp_path / 'eval'
@@ -430,10 +434,10 @@ def test_harness_runs_a_two_task_suite_with_two_seeds(tiny_english, tmp_path):
     assert len(row['seeds']) == 2
     assert row['mean'] == pytest.approx(np.mean(row['seeds']))
     assert row['best'] == max(row['seeds'])
-  # Different seeds, different runs.
-  assert (
-    len(set(results['tasks'][0]['seeds'] + results['tasks'][1]['seeds'])) > 2
-  )
+  # Different seeds, different runs (a tiny model on 4 steps may score
+  # alike, its losses do not).
+  losses = {_best(out / 'sentiment' / f'seed_{i}')['eval/loss'] for i in (0, 1)}
+  assert len(losses) == 2
   for task in ('sentiment', 'overlap'):
     for seed in (0, 1):
       metrics = _best(out / task / f'seed_{seed}')
@@ -454,3 +458,77 @@ def test_harness_runs_a_two_task_suite_with_two_seeds(tiny_english, tmp_path):
   )
   assert bad.returncode == 2
   assert "no suite 'nope'" in bad.stderr.strip().splitlines()[-1]
+
+
+def test_two_processes_tune_as_one(tiny_english, tmp_path):
+  """jax.distributed on 127.0.0.1: two processes of one device each fine-tune
+  exactly as one process of two devices (the same global batches, evals and
+  params): the machinery is pretraining's, multi-host included."""
+  train, held_out = _sentiment_files(tmp_path, 64, 40)
+  common = [
+    f'--config={REPO}/configs/finetune/classification.py',
+    f'--config.init={tiny_english}',
+    f'--config.data.train_file={train}',
+    f'--config.data.eval_file={held_out}',
+    '--config.batch_size=16',
+    '--config.num_train_epochs=2',
+    '--config.learning_rate=1e-3',
+    '--config.model.hidden_dropout_prob=0',
+    '--config.model.attention_probs_dropout_prob=0',
+  ]
+
+  def start(workdir, devices, *extra):
+    env = _env()
+    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+    return subprocess.Popen(
+      [
+        sys.executable,
+        '-m',
+        'bertjax.finetune',
+        f'--workdir={workdir}',
+        *common,
+        *extra,
+      ],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+
+  port = 20000 + (os.getpid() + 7) % 20000
+  procs = [start(tmp_path / 'one', 2)] + [
+    start(
+      tmp_path / 'two',
+      1,
+      f'--coordinator_address=127.0.0.1:{port}',
+      '--num_processes=2',
+      f'--process_id={i}',
+    )
+    for i in range(2)
+  ]
+  for p in procs:
+    err = p.communicate(timeout=900)[1]
+    assert p.returncode == 0, err[-3000:]
+  one, two = _best(tmp_path / 'one'), _best(tmp_path / 'two')
+  assert one['step'] == two['step']
+  assert one['eval/accuracy'] == two['eval/accuracy']
+  records = [
+    [
+      json.loads(x)
+      for x in (d / tasks.PREDICTIONS_FILE).read_text().splitlines()
+    ]
+    for d in (tmp_path / 'one', tmp_path / 'two')
+  ]
+  assert [r['predicted'] for r in records[0]] == [
+    r['predicted'] for r in records[1]
+  ]
+  for r, q in zip(*records, strict=True):
+    assert r['probabilities']['fresh'] == pytest.approx(
+      q['probabilities']['fresh'], abs=1e-5
+    )
+  a = pretrained.load(str(tmp_path / 'one'))[1]
+  b = pretrained.load(str(tmp_path / 'two'))[1]
+  jax.tree.map(
+    lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7), a, b
+  )

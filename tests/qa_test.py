@@ -211,8 +211,9 @@ def test_qa_learns_on_constructed_questions(tmp_path):
   config.init = 'all-minilm-l6-v2'
   config.data.train_file = _code_questions(tmp_path / 'train.json', 512, 0)
   config.data.eval_file = _code_questions(tmp_path / 'eval.json', 128, 4000)
-  config.max_seq_length = 128
-  config.qa.doc_stride = 64
+  config.max_seq_length = 96
+  config.data.bucketing = False  # One shape: one compilation.
+  config.qa.doc_stride = 48
   config.num_train_epochs = 2.0
   config.learning_rate = 1e-4
   result = tasks.finetune(config, str(tmp_path / 'run'))
@@ -224,3 +225,27 @@ def test_qa_learns_on_constructed_questions(tmp_path):
     .splitlines()
   ]
   assert len(predictions) == 128
+
+
+def test_v2_scores_split_answerable_and_not(tokenizer):
+  context = 'The old city, Zürich, lies in 北京 and the new city is Zürich.'
+  examples = [
+    _example(context, '北京', qid='a'),
+    _example(context, '', qid='b'),
+  ]
+  features = task_data.encode(
+    examples, tokenizer, 'qa', 16, doc_stride=3, max_query_length=5
+  )
+  logits = _peaked_logits(features, None, None, None)
+  scores, records = tasks.score(
+    'qa', logits, examples, features, [], tasks.AnswerSettings(allow_null=True)
+  )
+  assert scores == {
+    'eval/exact': 1.0,
+    'eval/f1': 1.0,
+    'eval/has_ans_exact': 1.0,
+    'eval/has_ans_f1': 1.0,
+    'eval/no_ans_exact': 1.0,
+    'eval/no_ans_f1': 1.0,
+  }
+  assert [r['predicted'] for r in records] == ['北京', '']

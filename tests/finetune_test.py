@@ -320,6 +320,39 @@ def test_chinese_ner_from_peoples_daily_tags(tiny_chinese, tmp_path):
   ]
   assert len(predictions) == 300
   assert all(len(p['predicted']) == len(p['words']) for p in predictions)
+  # The tuned tagger predicts as during its run, and exports to
+  # transformers' BertForTokenClassification with equal logits.
+  tuned = tasks.load_tuned(str(tmp_path / 'run'))
+  held_out_examples = task_data.read_examples(held_out, 'tagging')[:20]
+  again = tasks.predict(tuned, held_out_examples)
+  assert [p['tags'] for p in again] == [
+    p['predicted'] for p in predictions[:20]
+  ]
+  target = tmp_path / 'hf'
+  result = _cli(
+    'bertjax.convert', f'--from={tmp_path / "run"}', f'--to={target}'
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  theirs = transformers.BertForTokenClassification.from_pretrained(target)
+  assert list(theirs.config.id2label.values()) == tuned.labels
+  features = task_data.encode(
+    held_out_examples[:4], tuned.tokenizer, 'tagging', 128, tuned.labels
+  )
+  batch = task_data.make_batch(features, np.arange(4), 4, 128, 0)
+  ours = model.create_model(tuned.config, tuned.head).apply(
+    {'params': tuned.params},
+    batch['input_ids'],
+    batch['input_mask'],
+    batch['segment_ids'],
+  )['logits']
+  with torch.no_grad():
+    logits = theirs.eval()(
+      input_ids=torch.tensor(batch['input_ids'], dtype=torch.long),
+      attention_mask=torch.tensor(batch['input_mask'], dtype=torch.long),
+      token_type_ids=torch.tensor(batch['segment_ids'], dtype=torch.long),
+    ).logits.numpy()
+  real = batch['input_mask'].astype(bool)
+  np.testing.assert_allclose(np.asarray(ours)[real], logits[real], atol=1e-4)
 
 
 @pytest.mark.slow

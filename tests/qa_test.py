@@ -225,6 +225,24 @@ def test_qa_learns_on_constructed_questions(tmp_path):
     .splitlines()
   ]
   assert len(predictions) == 128
+  # The tuned model answers new questions as it answered during its run,
+  # and exports to transformers' BertForQuestionAnswering.
+  tuned = tasks.load_tuned(str(tmp_path / 'run'))
+  examples = task_data.read_examples(config.data.eval_file, 'qa')[:16]
+  answers = tasks.predict(tuned, examples)
+  assert [a['answer'] for a in answers] == [
+    p['predicted'] for p in predictions[:16]
+  ]
+  for a in answers:
+    if a['answer']:
+      start = a['start']
+      source = next(e.context for e in examples if e.qid == a['id'])
+      assert source[start : start + len(a['answer'])] == a['answer']
+  from bertjax import convert
+
+  assert convert.convert(str(tmp_path / 'run'), str(tmp_path / 'hf')) == 'hf'
+  hf_config = json.loads((tmp_path / 'hf' / 'config.json').read_text())
+  assert hf_config['architectures'] == ['BertForQuestionAnswering']
 
 
 def test_v2_scores_split_answerable_and_not(tokenizer):

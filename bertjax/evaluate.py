@@ -26,13 +26,18 @@ from absl import flags, logging
 
 from data_pipeline import cli
 
-_MODEL = flags.DEFINE_string('model', None, 'The model to fine-tune.')
-_SUITE = flags.DEFINE_string(
-  'suite', None, 'A suite name (configs/suites/<name>.py) or a .py file.'
-)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Runs and results.')
-_SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds per task: 0 .. N-1.')
-_TASKS = flags.DEFINE_list('tasks', None, 'Only these tasks of the suite.')
+
+def _define_flags() -> None:
+  # Defined only when this module is the command: other commands that tests
+  # import with it (bertjax.embed) define flags of the same names.
+  flags.DEFINE_string('model', None, 'The model to fine-tune.')
+  flags.DEFINE_string(
+    'suite', None, 'A suite name (configs/suites/<name>.py) or a .py file.'
+  )
+  flags.DEFINE_string('workdir', None, 'Runs and results.')
+  flags.DEFINE_integer('seeds', 3, 'Seeds per task: 0 .. N-1.')
+  flags.DEFINE_list('tasks', None, 'Only these tasks of the suite.')
+
 
 RECIPES = ('classification', 'regression', 'ner', 'qa')
 RESULTS_MD = 'results.md'
@@ -195,16 +200,16 @@ def evaluate(
 
 def main(argv: list[str]) -> None:
   del argv
-  for holder in (_MODEL, _SUITE, _WORKDIR):
-    if not holder.value:
-      raise ValueError(f'--{holder.name} is required')
+  f = flags.FLAGS
+  for name in ('model', 'suite', 'workdir'):
+    if not f[name].value:
+      raise ValueError(f'--{name} is required')
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-  evaluate(
-    _MODEL.value, _SUITE.value, _WORKDIR.value, _SEEDS.value, _TASKS.value
-  )
-  logging.info('Results: %s', os.path.join(_WORKDIR.value, RESULTS_MD))
+  evaluate(f.model, f.suite, f.workdir, f.seeds, f.tasks)
+  logging.info('Results: %s', os.path.join(f.workdir, RESULTS_MD))
 
 
 if __name__ == '__main__':
+  _define_flags()
   flags.FLAGS.set_default('verbosity', logging.INFO)
   cli.run(main)

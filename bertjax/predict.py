@@ -24,40 +24,46 @@ from absl import flags, logging
 
 from data_pipeline import cli
 
-_MODEL = flags.DEFINE_string('model', None, 'Fine-tuning workdir or step.')
-_INPUT = flags.DEFINE_string('input', None, 'CSV, TSV, JSONL or CoNLL file.')
-_OUTPUT = flags.DEFINE_string('output', None, 'Output JSONL file.')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Examples per batch.')
+
+def _define_flags() -> None:
+  # Defined only when this module is the command: bertjax.embed, which
+  # tests import with the others, has flags of the same names.
+  flags.DEFINE_string('model', None, 'Fine-tuning workdir or step.')
+  flags.DEFINE_string('input', None, 'CSV, TSV, JSONL, CoNLL or SQuAD file.')
+  flags.DEFINE_string('output', None, 'Output JSONL file.')
+  flags.DEFINE_integer('batch_size', 32, 'Examples per batch.')
 
 
 def main(argv: list[str]) -> None:
   del argv
-  for holder in (_MODEL, _INPUT, _OUTPUT):
-    if not holder.value:
-      raise ValueError(f'--{holder.name} is required')
-  if _BATCH_SIZE.value < 1:
-    raise ValueError(f'--batch_size={_BATCH_SIZE.value} must be positive')
-  if os.path.isdir(_OUTPUT.value):
-    raise ValueError(f'--output={_OUTPUT.value} is a directory')
+  f = flags.FLAGS
+  for name in ('model', 'input', 'output'):
+    if not f[name].value:
+      raise ValueError(f'--{name} is required')
+  if f.batch_size < 1:
+    raise ValueError(f'--batch_size={f.batch_size} must be positive')
+  if os.path.isdir(f.output):
+    raise ValueError(f'--output={f.output} is a directory')
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   # Imported here: TensorFlow (under the tokenizers) loads slowly, and the
   # flag mistakes above should not wait for it.
   from bertjax import tasks
   from data_pipeline import task_data
 
-  tuned = tasks.load_tuned(_MODEL.value)
+  tuned = tasks.load_tuned(f.model)
   columns = task_data.Columns(**tuned.task['columns'])
   examples = task_data.read_examples(
-    _INPUT.value, tuned.kind, columns, labelled=False
+    f.input, tuned.kind, columns, labelled=False
   )
-  records = tasks.predict(tuned, examples, _BATCH_SIZE.value)
-  tmp = _OUTPUT.value + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
+  records = tasks.predict(tuned, examples, f.batch_size)
+  tmp = f.output + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as out:
     for record in records:
-      f.write(json.dumps(record, ensure_ascii=False) + '\n')
-  os.replace(tmp, _OUTPUT.value)
-  logging.info('%d predictions in %s', len(records), _OUTPUT.value)
+      out.write(json.dumps(record, ensure_ascii=False) + '\n')
+  os.replace(tmp, f.output)
+  logging.info('%d predictions in %s', len(records), f.output)
 
 
 if __name__ == '__main__':
+  _define_flags()
   cli.run(main)

@@ -17,7 +17,6 @@ object, in input order:
                   ("answer": "" when a v2.0 model answers nothing)
 """
 
-import json
 import os
 
 from absl import flags, logging
@@ -56,11 +55,7 @@ def main(argv: list[str]) -> None:
     f.input, tuned.kind, columns, labelled=False
   )
   records = tasks.predict(tuned, examples, f.batch_size)
-  tmp = f.output + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as out:
-    for record in records:
-      out.write(json.dumps(record, ensure_ascii=False) + '\n')
-  os.replace(tmp, f.output)
+  tasks.write_jsonl(f.output, records)
   logging.info('%d predictions in %s', len(records), f.output)
 
 

@@ -95,6 +95,10 @@ class _TaskObjective:
       rngs=None if deterministic else {'dropout': rng},
     )
 
+  def loss(self, sums, batch):
+    """Mean over the whole batch's real examples."""
+    return sums['loss_sum'] / jnp.maximum(jnp.sum(batch['example_mask']), 1.0)
+
   def summarize(self, sums, prefix):
     count = max(float(sums['count']), 1e-8)
     out = {f'{prefix}/loss': float(sums['loss_sum']) / count}
@@ -118,9 +122,6 @@ class Classification(_TaskObjective):
       correct=jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
     )
 
-  def loss(self, sums, batch):
-    return sums['loss_sum'] / jnp.maximum(jnp.sum(batch['example_mask']), 1.0)
-
 
 @dataclasses.dataclass(frozen=True)
 class Regression(_TaskObjective):
@@ -135,9 +136,6 @@ class Regression(_TaskObjective):
       loss_sum=jnp.sum(jnp.square(score - batch['labels']) * mask),
       count=jnp.sum(mask),
     )
-
-  def loss(self, sums, batch):
-    return sums['loss_sum'] / jnp.maximum(jnp.sum(batch['example_mask']), 1.0)
 
 
 def _tag_weights(batch) -> jax.Array:
@@ -185,9 +183,6 @@ class QuestionAnswering(_TaskObjective):
       count=jnp.sum(mask),
       correct=jnp.sum(hit * mask),
     )
-
-  def loss(self, sums, batch):
-    return sums['loss_sum'] / jnp.maximum(jnp.sum(batch['example_mask']), 1.0)
 
 
 OBJECTIVES = {
@@ -716,7 +711,7 @@ def finetune(config: ml_collections.ConfigDict, workdir_path: str) -> dict:
         best.update(scores, step=step)
         checkpointer.save_best(step, state.params, best)
         if jax.process_index() == 0:
-          _write_jsonl(os.path.join(workdir_path, PREDICTIONS_FILE), records)
+          write_jsonl(os.path.join(workdir_path, PREDICTIONS_FILE), records)
       return scores
 
     last_train: dict[str, float] = {}
@@ -775,7 +770,7 @@ _METRIC_NAMES = {
 }
 
 
-def _write_jsonl(path: str, records: Sequence[Mapping[str, Any]]) -> None:
+def write_jsonl(path: str, records: Sequence[Mapping[str, Any]]) -> None:
   """Writes one JSON object per line, replacing `path` only when whole."""
   tmp = epath.Path(path + '.tmp')
   with tmp.open('w') as f:

@@ -39,6 +39,7 @@ get another segmentation of the same probability ('▁mo de rate' vs
 """
 
 import abc
+import collections
 import io
 import os
 import random
@@ -626,8 +627,10 @@ def train_wordpiece(
 ) -> str:
   """Trains a WordPiece vocab (specials at ids 0-4); returns PREFIX.vocab.txt.
 
+  The same lines give the same vocab, byte for byte, in any process.
+
   Args:
-    lines: training text, one sentence or document per item (read once).
+    lines: training text, one sentence or document per item.
     model_prefix: output prefix (local or gs://).
     vocab_size: tokens in the vocab, specials included.
     do_lower_case: an uncased vocab (lower-cased, accents stripped).
@@ -635,18 +638,43 @@ def train_wordpiece(
       ones become [UNK]. Chinese needs more than the default 1,000 (People's
       Daily has 4,687 characters).
   """
+  lines = list(lines)
   trainer = hf_tokenizers.BertWordPieceTokenizer(
     clean_text=True,
     handle_chinese_chars=True,
     strip_accents=None,
     lowercase=do_lower_case,
   )
+  # The trainer alone is not deterministic (huggingface/tokenizers#1794):
+  # it numbers the `##c` tokens in hash-map order and breaks ties between
+  # equally frequent merges by those numbers, and it picks the alphabet's
+  # last characters among equal counts in hash-map order too. Both are
+  # pinned here: the alphabet is chosen by (count, character), and every
+  # `##c` is numbered up front, as a special token, in character order.
+  normalizer = trainer.normalizer
+  counts = collections.Counter()
+  for start in range(0, len(lines), 1000):
+    counts.update(
+      normalizer.normalize_str('\n'.join(lines[start : start + 1000]))
+    )
+  pre_tokenize = trainer.pre_tokenizer.pre_tokenize_str
+  alphabet = sorted(
+    (c for c in counts if pre_tokenize(c)),  # Not whitespace.
+    key=lambda c: (-counts[c], c),
+  )[:limit_alphabet]
+  continuations = [
+    '##' + c
+    for c in sorted(alphabet)
+    if [w for w, _ in pre_tokenize(normalizer.normalize_str('x' + c))]
+    == ['x' + c]  # c can continue a word (not punctuation, not CJK).
+  ]
   trainer.train_from_iterator(
     lines,
     vocab_size=vocab_size,
     min_frequency=2,
-    limit_alphabet=limit_alphabet,
-    special_tokens=list(SPECIAL_TOKENS),
+    limit_alphabet=len(alphabet),
+    initial_alphabet=alphabet,
+    special_tokens=list(SPECIAL_TOKENS) + continuations,
     wordpieces_prefix='##',
     show_progress=False,
   )

@@ -318,6 +318,44 @@ class WordPieceTrainingTest:
     )['input_ids']
     assert ids == expected
 
+  def test_same_text_same_vocab_in_another_process(
+    self, wp_vocab, news_files, zh_paragraphs, tmp_path
+  ):
+    """The vocab is a function of the text: another process (other hash
+    seeds) writes the same bytes, for English and for Chinese, whose 8,000
+    tokens leave many merges tied on count."""
+    zh_file = tmp_path / 'zh.txt'
+    zh_file.write_text('\n'.join(zh_paragraphs) + '\n', encoding='utf-8')
+    here = tokenizers.train_wordpiece(
+      tokenizers.read_text_lines([str(zh_file)]),
+      str(tmp_path / 'here'),
+      8000,
+      limit_alphabet=6000,
+    )
+    for inputs, prefix, size, alphabet, ours in [
+      (news_files, 'news', 2000, 1000, wp_vocab),
+      (str(zh_file), 'zh', 8000, 6000, here),
+    ]:
+      result = subprocess.run(
+        [
+          sys.executable,
+          '-m',
+          'data_pipeline.train_tokenizer',
+          f'--input_files={inputs}',
+          f'--model_prefix={tmp_path / prefix}',
+          f'--vocab_size={size}',
+          '--model_type=wordpiece',
+          f'--limit_alphabet={alphabet}',
+        ],
+        cwd=pathlib.Path(__file__).parents[1],
+        capture_output=True,
+        text=True,
+        env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'},
+      )
+      assert result.returncode == 0, result.stderr[-2000:]
+      theirs = pathlib.Path(f'{tmp_path / prefix}.vocab.txt').read_bytes()
+      assert theirs == pathlib.Path(ours).read_bytes(), prefix
+
 
 @pytest.mark.network
 class InGraphTest:

@@ -393,8 +393,9 @@ def train_step(
     objective, schedule: bound with functools.partial, not traced; the
       schedule gives the learning-rate metric.
     micro_batches: sequential micro-batches (gradient accumulation).
-    nan_policy: 'stop' applies the update regardless (the host stops);
-      'skip' keeps the old state when the loss is not finite.
+    nan_policy: 'stop' applies the update regardless (the host stops
+      before saving it); 'skip' keeps the old state when the step is not
+      finite: its loss, gradients or updated params.
 
   Returns:
     (new state, metric sums and scalars).
@@ -427,7 +428,15 @@ def train_step(
       accumulate, (grads, loss, sums), (micro, keys)
     )
   new_state = state.apply_gradients(grads=grads)
-  finite = jnp.isfinite(loss)
+  grad_norm = optax.tree.norm(grads)
+  param_norm = optax.tree.norm(new_state.params)
+  # A finite loss does not make a good step: its update can still blow the
+  # params up (the loss shows it only a step later), and a checkpoint of
+  # those would be named the last good one. The norms are float32 sums of
+  # squares, so params past about 1e19 count as diverged too.
+  finite = (
+    jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
+  )
   if nan_policy == 'skip':
     new_state = jax.tree.map(
       lambda new, old: jnp.where(finite, new, old), new_state, state
@@ -438,8 +447,8 @@ def train_step(
     sums,
     loss=loss,
     finite=finite.astype(jnp.float32),
-    grad_norm=optax.tree.norm(grads),
-    param_norm=optax.tree.norm(new_state.params),
+    grad_norm=grad_norm,
+    param_norm=param_norm,  # Of the update, kept or (skip) not.
     learning_rate=schedule(state.step),
     tokens=jnp.sum(batch['input_mask']).astype(jnp.float32),
   )
@@ -572,6 +581,7 @@ class _Window:
     self._summed = (*objective.summed, 'tokens')
     self.sums: dict[str, float] = {}
     self.steps = 0
+    self.skipped = 0  # Non-finite steps (dropped under nan_policy=skip).
     self.step_time = self.data_time = 0.0
     self.last: dict[str, float] = {}
 
@@ -581,6 +591,7 @@ class _Window:
         self.sums[key] = self.sums.get(key, 0.0) + float(metrics[key])
     self.last = {k: float(v) for k, v in metrics.items()}
     self.steps += 1
+    self.skipped += int(not metrics['finite'])
     # The first step of a run includes compilation; it still counts, but
     # later windows show the steady state.
     self.step_time += step_s
@@ -596,6 +607,7 @@ class _Window:
         'train/learning_rate': self.last['learning_rate'],
         'train/grad_norm': self.last['grad_norm'],
         'train/param_norm': self.last['param_norm'],
+        'train/skipped_steps': self.skipped,
         'perf/step_time_s': step_s,
         'perf/data_wait_s': self.data_time / self.steps,
         'perf/examples_per_s': examples_per_s,
@@ -841,8 +853,9 @@ def fit(
   every `config.log_every_steps`; calls `evaluate(state, step)` every
   `config.eval_every_steps` and writes what it returns; saves every
   `config.checkpoint_every_steps`, at the end and on SIGTERM (then stops);
-  and stops on a non-finite loss (`config.nan_policy='stop'`) naming the
-  last good checkpoint.
+  and stops on a non-finite step (loss, gradients or updated params;
+  `config.nan_policy='stop'`) naming the last good checkpoint: the step
+  is checked before it is saved, so every checkpoint is finite.
 
   Returns:
     (state, the step reached, the last train metrics, the last eval
@@ -896,7 +909,11 @@ def fit(
         report_progress(step)
         if not metrics['finite']:
           latest = checkpointer.latest_step()
-          message = f'non-finite loss ({metrics["loss"]}) at step {step}; ' + (
+          message = (
+            f'non-finite step {step} (loss {metrics["loss"]:.4g}, gradient '
+            f'norm {metrics["grad_norm"]:.4g}, updated params norm '
+            f'{metrics["param_norm"]:.4g}); '
+          ) + (
             f'the last good checkpoint is step {latest}'
             if latest is not None
             else 'no checkpoint was saved before it'

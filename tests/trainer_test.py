@@ -239,22 +239,33 @@ class TrainingTest:
       compiled = step.lower(state, batch, jax.random.key(0)).compile()
     assert compiled.memory_analysis() is not None
 
-  def test_non_finite_loss_stops_and_keeps_the_good_checkpoint(
+  def test_non_finite_step_stops_and_every_checkpoint_is_finite(
     self, demo_data, tmp_path
   ):
     del demo_data
+    # Step 1 has a learning rate of 0 (warmup), step 2 one of 1e36: its
+    # loss is finite (it is computed before the update) but the params it
+    # leaves are not: the guard has to look at the update, not the loss.
     config = _config(
-      num_train_steps=6,
+      num_train_steps=8,
       checkpoint_every_steps=1,
+      keep_checkpoints=10,
       log_every_steps=0,  # only at the end: progress reports then too
-      **{'optim.learning_rate': 1e38, 'optim.warmup_steps': 0},
+      **{'optim.learning_rate': 1e38, 'optim.warmup_steps': 100},
     )
-    with pytest.raises(trainer.TrainingError, match='non-finite loss') as e:
+    with pytest.raises(trainer.TrainingError, match='non-finite step') as e:
       trainer.train_and_evaluate(config, str(tmp_path))
-    failed = int(str(e.value).split('at step ')[1].split(';')[0])
-    assert 1 < failed <= 6
+    failed = int(str(e.value).split('non-finite step ')[1].split(' ')[0])
+    assert 1 < failed <= 8
     saved = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints'))
-    assert saved and max(saved) == failed - 1
+    assert saved == list(range(1, failed))
+    assert f'the last good checkpoint is step {failed - 1}' in str(e.value)
+    for step in saved:
+      state = ocp.PyTreeCheckpointer().restore(
+        tmp_path / 'checkpoints' / str(step) / 'state'
+      )
+      for x in jax.tree.leaves(state['params']):
+        assert np.isfinite(np.square(x.astype(np.float32)).sum()), step
 
   def test_skip_policy_goes_on(self, demo_data, tmp_path):
     del demo_data
@@ -264,9 +275,14 @@ class TrainingTest:
       **{'optim.learning_rate': 1e38, 'optim.warmup_steps': 0},
     )
     trainer.train_and_evaluate(config, str(tmp_path))
-    losses = _losses(str(tmp_path))
-    assert sorted(losses) == [1, 2, 3, 4]
-    assert any(v is None for v in losses.values())
+    records = [
+      r for r in workdir.read_metrics(str(tmp_path)) if 'train/loss' in r
+    ]
+    assert [r['step'] for r in records] == [1, 2, 3, 4]
+    # Every update would have blown the params up: all were dropped, so
+    # the loss stays finite.
+    assert [r['train/skipped_steps'] for r in records] == [1, 1, 1, 1]
+    assert all(np.isfinite(r['train/loss']) for r in records)
 
 
 def _first_batch(config):

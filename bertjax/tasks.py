@@ -551,8 +551,15 @@ def finetune(config: ml_collections.ConfigDict, workdir_path: str) -> dict:
   Returns:
     The last train metrics, the last eval metrics, and the best eval
     metrics under `best/...`.
+
+  Raises:
+    workdir.WorkdirError: the workdir is not writable or in use.
   """
-  trainer.check_workdir(workdir_path)
+  with workdir.claim(workdir_path) as path:
+    return _finetune(config, path)
+
+
+def _finetune(config: ml_collections.ConfigDict, workdir_path: str) -> dict:
   kind = config.task
   get_head(kind, ['?'])  # Checks the kind before anything is read.
   if config.best_metric and config.best_metric not in _METRIC_NAMES[kind]:

@@ -29,7 +29,6 @@ import numpy as np
 import optax
 from absl import logging
 from clu import periodic_actions
-from etils import epath
 from flax.training import train_state
 from jax.experimental import multihost_utils
 
@@ -684,8 +683,17 @@ def train_and_evaluate(
 
   Returns:
     The last logged training metrics and the last eval metrics.
+
+  Raises:
+    workdir.WorkdirError: the workdir is not writable or in use.
   """
-  check_workdir(workdir_path)
+  with workdir.claim(workdir_path) as path:
+    return _train_and_evaluate(config, path)
+
+
+def _train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir_path: str
+) -> dict[str, float]:
   mesh = sharding.create_mesh(tuple(config.mesh.shape))
   rules = sharding.default_logical_axis_rules(config.mesh.extra_rules)
   shape = compute_run_shape(config, mesh)
@@ -948,18 +956,6 @@ def barrier(name: str) -> None:
   """Waits for every process (no-op with one process)."""
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f'bertjax:{name}')
-
-
-def check_workdir(path: str) -> None:
-  """Fails early, in one line, when the workdir cannot be written."""
-  path = epath.Path(path)
-  try:
-    path.mkdir(parents=True, exist_ok=True)
-    probe = path / f'.write_probe_{jax.process_index()}'
-    probe.write_text('ok')
-    probe.unlink()
-  except (OSError, ValueError) as e:
-    raise TrainingError(f'workdir {path} is not writable: {e}') from None
 
 
 def params_checksum(params: Any) -> str:

@@ -11,10 +11,12 @@ A workdir holds
                         with its metrics; the workdir's model wherever
                         bertjax takes one
   metrics.jsonl         one JSON object per metric write: `step` and names
+  .lock                 held by the run using the workdir (`claim`)
   tb/                   the same metrics as TensorBoard event files
   learning_curves.png   drawn at the end of a run
 
-This module owns the Orbax `CheckpointManager` of a run (`Checkpointer`:
+This module owns a run's claim on its workdir (`claim`: one run at a time),
+the Orbax `CheckpointManager` of a run (`Checkpointer`:
 asynchronous saves, the newest `keep` steps kept, restore onto the abstract
 sharded state, so a run may resume on another mesh), SIGTERM handling
 (`Preemption`), reading one step's params as a model (a workdir is a model
@@ -27,32 +29,84 @@ never listed or restored: a run falls back to the last complete step. Paths
 go through `etils.epath`, so `gs://` workdirs work like local ones.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
+
+from data_pipeline import files
 
 CHECKPOINTS_DIR = 'checkpoints'
 BEST_DIR = 'best'
 METRICS_FILE = 'metrics.jsonl'
 CURVES_FILE = 'learning_curves.png'
+LOCK_FILE = '.lock'
 
 
 class CheckpointError(ValueError):
   """A training checkpoint that cannot be read or used as asked."""
 
 
+class WorkdirError(OSError):
+  """A workdir that cannot be used: not writable, or in use by another run."""
+
+
 def _absolute(path: str) -> epath.Path:
   """Orbax wants absolute paths; `gs://` ones are."""
-  return epath.Path(path if '://' in str(path) else os.path.abspath(path))
+  return epath.Path(files.resolve(path))
+
+
+@contextlib.contextmanager
+def claim(path: str) -> Iterator[str]:
+  """A run's hold on its workdir, for the length of the block.
+
+  Yields the workdir's absolute path (Orbax refuses relative ones, and the
+  run must not depend on the current directory), after creating it and
+  checking it can be written, with its lock held by process 0: a second
+  run on the same workdir fails here, before it reads or writes anything,
+  instead of interleaving metrics and rotating away the other's
+  checkpoints. Every process of a multi-process run learns the outcome.
+
+  Raises:
+    WorkdirError: not writable, or in use by a live process.
+  """
+  path = files.resolve(path)
+  directory = epath.Path(path)
+  try:
+    directory.mkdir(parents=True, exist_ok=True)
+    probe = directory / f'.write_probe_{jax.process_index()}'
+    probe.write_text('ok')
+    probe.unlink()
+  except (OSError, ValueError) as e:
+    raise WorkdirError(f'workdir {path} is not writable: {e}') from None
+  lock = files.Lock(os.path.join(path, LOCK_FILE), f'workdir {path}')
+  error = None
+  if jax.process_index() == 0:
+    try:
+      lock.acquire()
+    except files.LockedError as e:
+      error = e
+  if jax.process_count() > 1:
+    locked = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+    if locked and error is None:
+      error = WorkdirError(f'workdir {path} is in use by another run')
+  if error is not None:
+    raise WorkdirError(str(error)) from None
+  try:
+    yield path
+  finally:
+    lock.release()
 
 
 # ---------------------------------------------------------------------------

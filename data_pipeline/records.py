@@ -40,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from data_pipeline import corpora, documents, examples, tokenizers
+from data_pipeline import corpora, documents, examples, files, tokenizers
 
 SPLITS = ('train', 'eval')
 # Masking seeds pack (split, unit, example) into one int64: the unit index
@@ -752,8 +752,19 @@ def _write_demo_text(name: str, path: str) -> str:
     raise corpora.CorpusError(
       f'data.demo_corpus {name!r} is not one of {list(corpora.DEMO_CORPORA)}'
     )
-  if tf.io.gfile.exists(path):
-    return path
+  with _building(path):
+    if not tf.io.gfile.exists(path):
+      _write_lines(path, name)
+  return path
+
+
+def _building(path: str) -> files.Lock:
+  """The lock of a cache entry under construction: a second process (the
+  same demo started twice) waits for the first, then finds it built."""
+  return files.Lock(path + '.lock', f'cache entry {path}', wait=True)
+
+
+def _write_lines(path: str, name: str) -> None:
   lines = []
   for doc in corpora.DEMO_CORPORA[name]():
     sentences = [
@@ -762,12 +773,7 @@ def _write_demo_text(name: str, path: str) -> str:
     if sentences:
       lines.extend(sentences)
       lines.append('')
-  tf.io.gfile.makedirs(os.path.dirname(path))
-  tmp = path + '.tmp'
-  with tf.io.gfile.GFile(tmp, 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  tf.io.gfile.rename(tmp, path, overwrite=True)
-  return path
+  files.write_atomic(path, '\n'.join(lines) + '\n')
 
 
 def _fingerprint(parts: Any) -> str:
@@ -778,23 +784,28 @@ def _fingerprint(parts: Any) -> str:
 
 def _train_vocab(text_paths, vocab_size, do_lower_case, out_dir) -> str:
   path = os.path.join(out_dir, 'wordpiece.vocab.txt')
-  if tf.io.gfile.exists(path):
-    return path
-  logging.info('Training a %d-token WordPiece vocabulary', vocab_size)
-  lines = (line for line in tokenizers.read_text_lines(text_paths) if line)
-  written = tokenizers.train_wordpiece(
-    lines,
-    os.path.join(out_dir, 'tmp', 'wordpiece'),
-    vocab_size,
-    do_lower_case=do_lower_case,
-  )
-  tf.io.gfile.rename(written, path, overwrite=True)
+  with _building(out_dir):
+    if tf.io.gfile.exists(path):
+      return path
+    logging.info('Training a %d-token WordPiece vocabulary', vocab_size)
+    lines = (line for line in tokenizers.read_text_lines(text_paths) if line)
+    written = tokenizers.train_wordpiece(
+      lines,
+      os.path.join(out_dir, 'tmp', 'wordpiece'),
+      vocab_size,
+      do_lower_case=do_lower_case,
+    )
+    tf.io.gfile.rename(written, path, overwrite=True)
   return path
 
 
 def _create_run_records(text_paths, tokenizer_path, data, max_seq_length, out):
-  if tf.io.gfile.exists(os.path.join(out, 'stats.json')):
-    return
+  with _building(out):
+    if not tf.io.gfile.exists(os.path.join(out, 'stats.json')):
+      _create_records(text_paths, tokenizer_path, data, max_seq_length, out)
+
+
+def _create_records(text_paths, tokenizer_path, data, max_seq_length, out):
   if tf.io.gfile.exists(out):
     # An earlier run stopped mid-way: start over rather than mix shards.
     tf.io.gfile.rmtree(out)

@@ -590,5 +590,5 @@ class ConfigErrorTest:
   def test_unwritable_workdir(self, tmp_path):
     blocker = tmp_path / 'file'
     blocker.write_text('x')
-    with pytest.raises(trainer.TrainingError, match='not writable'):
+    with pytest.raises(workdir.WorkdirError, match='not writable'):
       trainer.train_and_evaluate(_config(), str(blocker / 'run'))

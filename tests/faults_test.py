@@ -1,0 +1,221 @@
+"""Fault injection: what real clusters and real users do to a run.
+
+Each test provokes one fault and checks what a user would: the exit code,
+a one-line message that names the file, and that nothing already written
+was lost or silently changed.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from data_pipeline import corpora, files
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VOCAB = 2000
+
+
+def _env():
+  env = dict(os.environ)
+  env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=1'
+  env['JAX_PLATFORMS'] = 'cpu'
+  env['TF_CPP_MIN_LOG_LEVEL'] = '3'
+  return env
+
+
+def _train_cmd(workdir, *flags):
+  return [
+    sys.executable,
+    '-m',
+    'bertjax.train',
+    f'--config={ROOT}/configs/bert_tiny.py',
+    f'--workdir={workdir}',
+    f'--config.data.demo_vocab_size={VOCAB}',
+    '--config.batch_size=8',
+    '--config.max_seq_length=64',
+    '--config.data.max_predictions_per_seq=10',
+    '--config.data.shuffle_buffer=64',
+    '--config.eval_every_steps=0',
+    '--config.eval_steps=1',
+    *flags,
+  ]
+
+
+def _last_line(result) -> str:
+  return result.stderr.strip().splitlines()[-1]
+
+
+# ---------------------------------------------------------------------------
+# Locks.
+
+_HOLD = textwrap.dedent("""
+  import sys, time
+  from data_pipeline import files
+  lock = files.Lock(sys.argv[1], 'the thing').acquire()
+  print('held', flush=True)
+  time.sleep(600)
+""")
+
+
+def _hold(path):
+  """A process that takes the lock on `path` and keeps it."""
+  holder = subprocess.Popen(
+    [sys.executable, '-c', _HOLD, str(path)],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    text=True,
+  )
+  assert holder.stdout.readline().strip() == 'held'
+  return holder
+
+
+def test_lock_refuses_a_second_holder_and_frees_with_a_killed_one(tmp_path):
+  path = tmp_path / 'x.lock'
+  holder = _hold(path)
+  try:
+    with pytest.raises(files.LockedError) as e:
+      files.Lock(str(path), 'the thing').acquire()
+    assert f'the thing is in use by pid {holder.pid} on ' in str(e.value)
+  finally:
+    holder.kill()
+    holder.wait()
+  # kill -9 leaves the file behind, and the lock free.
+  with files.Lock(str(path), 'the thing'):
+    assert json.loads(path.read_text())['pid'] == os.getpid()
+
+
+def test_a_waiting_lock_gets_it_when_the_holder_dies(tmp_path):
+  path = tmp_path / 'entry.lock'
+  holder = _hold(path)
+  try:
+    subprocess.Popen(
+      ['sh', '-c', f'sleep 2; kill -9 {holder.pid}'],
+    )
+    start = time.monotonic()
+    with files.Lock(str(path), 'an entry', wait=True):
+      waited = time.monotonic() - start
+  finally:
+    holder.kill()
+    holder.wait()
+  assert waited > 1
+
+
+def test_replacing_keeps_the_old_file_when_the_writer_fails(tmp_path):
+  path = tmp_path / 'out.txt'
+  files.write_atomic(str(path), 'old\n')
+  with pytest.raises(RuntimeError):
+    with files.replacing(str(path)) as f:
+      f.write('half of the new')
+      raise RuntimeError('killed')
+  assert path.read_text() == 'old\n'
+  assert os.listdir(tmp_path) == ['out.txt']
+  umask = os.umask(0)
+  os.umask(umask)
+  assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# ---------------------------------------------------------------------------
+# Workdirs.
+
+
+@pytest.mark.network
+def test_relative_workdir_one_run_at_a_time_and_a_killed_runs_lock(
+  tmp_path,
+):
+  """A run in a relative workdir holds it; a second run on it (by its
+  absolute path) is refused in one line naming the holder; once the first
+  is killed (-9), a third takes the workdir over, trains and saves."""
+  first = subprocess.Popen(
+    _train_cmd('rel_wd', '--config.num_train_steps=100000'),
+    cwd=tmp_path,
+    env=_env(),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
+  lock = tmp_path / 'rel_wd' / '.lock'
+  try:
+    for _ in range(600):
+      if lock.exists() and files.Lock(str(lock), '').holder():
+        break
+      assert first.poll() is None, 'the first run ended early'
+      time.sleep(0.5)
+    second = subprocess.run(
+      _train_cmd(tmp_path / 'rel_wd', '--config.num_train_steps=2'),
+      cwd=ROOT,
+      env=_env(),
+      capture_output=True,
+      text=True,
+    )
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert _last_line(second).startswith(
+      f'bertjax.train: error: workdir {tmp_path / "rel_wd"} is in use by '
+      f'pid {first.pid} on '
+    ), second.stderr[-3000:]
+    assert first.poll() is None
+  finally:
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+  third = subprocess.run(
+    _train_cmd('rel_wd', '--config.num_train_steps=2'),
+    cwd=tmp_path,
+    env=_env(),
+    capture_output=True,
+    text=True,
+  )
+  assert third.returncode == 0, third.stderr[-3000:]
+  assert os.listdir(tmp_path / 'rel_wd' / 'checkpoints') == ['2']
+  steps = [
+    json.loads(line)['step']
+    for line in (tmp_path / 'rel_wd' / 'metrics.jsonl').read_text().splitlines()
+  ]
+  assert steps == sorted(steps) and steps[-1] == 2
+
+
+_PREPARE = textwrap.dedent("""
+  import json, sys
+  from configs import bert_tiny
+  from data_pipeline import records
+  data = bert_tiny.get_config().data
+  with data.unlocked():
+    data.input_files = sys.argv[1]
+    data.demo_vocab_size = 2000
+    data.eval_fraction = 0.1
+  prepared = records.prepare_data(data, 64, sys.argv[2])
+  print(json.dumps([prepared.tokenizer_path, list(prepared.train_patterns)]))
+""")
+
+
+@pytest.mark.network
+def test_two_first_preparations_of_one_cache_agree(tmp_path):
+  """Two runs started at once on the same text and cache: the second waits
+  for the first's vocabulary and records instead of racing it."""
+  text = tmp_path / 'news.txt'
+  text.write_text(
+    '\n\n'.join(corpora.news_documents()[:200]) + '\n', encoding='utf-8'
+  )
+  cache = tmp_path / 'cache'
+  runs = [
+    subprocess.Popen(
+      [sys.executable, '-c', _PREPARE, str(text), str(cache)],
+      cwd=ROOT,
+      env=_env(),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for _ in range(2)
+  ]
+  outputs = [run.communicate() for run in runs]
+  for run, (_, err) in zip(runs, outputs, strict=True):
+    assert run.returncode == 0, err[-3000:]
+  first, second = (json.loads(out.splitlines()[-1]) for out, _ in outputs)
+  assert first == second
+  stats = os.path.join(os.path.dirname(first[1][0]), 'stats.json')
+  with open(stats, encoding='utf-8') as f:
+    assert json.load(f)['examples'] > 0

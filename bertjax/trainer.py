@@ -869,6 +869,8 @@ def fit(
     (state, the step reached, the last train metrics, the last eval
     metrics).
   """
+  if jax.process_index() == 0:
+    workdir.rewind_metrics(workdir_path, start_step)
   writer = workdir.create_metric_writer(workdir_path, jax.process_index() == 0)
   report_progress = periodic_actions.ReportProgress(
     num_train_steps=shape.total_steps,

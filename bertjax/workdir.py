@@ -469,12 +469,52 @@ def create_metric_writer(workdir: str, is_writer: bool) -> Any:
   return metric_writers.MultiWriter([tensorboard, jsonl])
 
 
-def read_metrics(workdir: str) -> list[dict]:
-  """The records of `metrics.jsonl`, oldest first."""
-  path = epath.Path(workdir) / METRICS_FILE
+def _parse_metrics(path: epath.Path) -> tuple[list[dict], int]:
+  """(the whole records of a metrics file, the number of lines skipped)."""
   if not path.exists():
-    return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line]
+    return [], 0
+  records, skipped = [], 0
+  for number, line in enumerate(path.read_text().splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      int(record['step'])
+    except (ValueError, TypeError, KeyError):
+      # A kill in the middle of a write leaves a torn last line.
+      logging.warning('%s:%d is not a whole record; skipped', path, number)
+      skipped += 1
+      continue
+    records.append(record)
+  return records, skipped
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The records of `metrics.jsonl`, oldest first (torn lines skipped)."""
+  return _parse_metrics(epath.Path(workdir) / METRICS_FILE)[0]
+
+
+def rewind_metrics(workdir: str, step: int) -> None:
+  """Makes `metrics.jsonl` end at `step`, the step a run resumes from.
+
+  A run killed after step N but restored from an earlier checkpoint would
+  write its steps past that checkpoint a second time; those records, and
+  torn lines, are dropped (the file is replaced whole) before it does.
+  """
+  path = epath.Path(workdir) / METRICS_FILE
+  records, skipped = _parse_metrics(path)
+  kept = [r for r in records if r['step'] <= step]
+  if len(kept) == len(records) and not skipped:
+    return
+  logging.info(
+    'Resuming from step %d: dropped %d records past it from %s',
+    step,
+    len(records) - len(kept),
+    path,
+  )
+  files.write_atomic(
+    os.fspath(path), ''.join(json.dumps(r, sort_keys=True) + '\n' for r in kept)
+  )
 
 
 # Pretraining's curves: panel title -> metric names.
@@ -517,7 +557,7 @@ def plot_learning_curves(
     ax.legend(fontsize=8)
   fig.tight_layout()
   path = os.path.join(workdir, CURVES_FILE)
-  with epath.Path(path).open('wb') as f:
+  with files.replacing(path, 'wb') as f:
     fig.savefig(f, format='png', dpi=100)
   plt.close(fig)
   logging.info('Learning curves: %s', path)

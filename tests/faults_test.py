@@ -7,6 +7,7 @@ was lost or silently changed.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import time
 
 import pytest
 
+from bertjax import trainer, workdir
+from configs import bert_tiny
 from data_pipeline import corpora, files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,6 +48,21 @@ def _train_cmd(workdir, *flags):
     '--config.eval_steps=1',
     *flags,
   ]
+
+
+def _config(**changes):
+  """The tiny recipe on the demo corpus, small enough for seconds a step."""
+  config = bert_tiny.get_config()
+  with config.unlocked():
+    config.data.demo_vocab_size = VOCAB
+    config.batch_size = 8
+    config.max_seq_length = 64
+    config.data.max_predictions_per_seq = 10
+    config.data.shuffle_buffer = 64
+    config.eval_every_steps = 0
+    config.eval_steps = 1
+    config.update(changes)
+  return config
 
 
 def _last_line(result) -> str:
@@ -219,3 +237,36 @@ def test_two_first_preparations_of_one_cache_agree(tmp_path):
   stats = os.path.join(os.path.dirname(first[1][0]), 'stats.json')
   with open(stats, encoding='utf-8') as f:
     assert json.load(f)['examples'] > 0
+
+
+@pytest.mark.network
+def test_metrics_survive_a_torn_line_and_a_resume_from_an_older_step(
+  tmp_path,
+):
+  """A run wrote step 4's metrics, then died mid-way through another write
+  before step 4's checkpoint was committed. The resumed run skips the torn
+  line, drops the records past the step it restores (2) and writes 3 and 4
+  once, as they were."""
+  config = _config(
+    num_train_steps=4,
+    checkpoint_every_steps=2,
+    keep_checkpoints=5,
+    log_every_steps=1,
+  )
+  trainer.train_and_evaluate(config, str(tmp_path))
+  before = workdir.read_metrics(str(tmp_path))
+  shutil.rmtree(tmp_path / 'checkpoints' / '4')
+  with open(tmp_path / workdir.METRICS_FILE, 'a', encoding='utf-8') as f:
+    f.write('{"step": 5, "train/lo')
+  (tmp_path / workdir.CURVES_FILE).unlink()
+  trainer.train_and_evaluate(config, str(tmp_path))
+  after = workdir.read_metrics(str(tmp_path))
+  lines = (tmp_path / workdir.METRICS_FILE).read_text().splitlines()
+  assert len(lines) == len(after) == len(before)
+
+  def losses(records):
+    return [(r['step'], r['train/loss']) for r in records if 'train/loss' in r]
+
+  assert [step for step, _ in losses(after)] == [1, 2, 3, 4]
+  assert losses(after) == losses(before)
+  assert (tmp_path / workdir.CURVES_FILE).stat().st_size > 0

@@ -230,7 +230,12 @@ def _load_bertjax(model_dir, overrides, shardings):
 
 
 def _load_training(path, overrides, shardings):
-  step = workdir.find_step(path)
+  return workdir.use_newest(
+    path, lambda step: _load_step(step, overrides, shardings)
+  )
+
+
+def _load_step(step: workdir.Step, overrides, shardings):
   if not isinstance(step.meta.get('model'), dict):
     raise workdir.CheckpointError(
       f'{step.path}: records no model config (saved by an older bertjax); '

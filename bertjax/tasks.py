@@ -670,7 +670,9 @@ def _finetune(config: ml_collections.ConfigDict, workdir_path: str) -> dict:
   best: dict[str, float] = {}
   try:
     try:
-      state, start_step = checkpointer.restore_latest(state, train_iter)
+      state, start_step = checkpointer.restore_latest(
+        state, train_iter, mismatch=(task_data.DataError,)
+      )
     except task_data.DataError as e:
       raise trainer.TrainingError(
         f'{e}; {workdir_path} holds a run on other data or settings: resume '

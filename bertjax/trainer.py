@@ -749,7 +749,9 @@ def _train_and_evaluate(
   )
   try:
     try:
-      state, start_step = checkpointer.restore_latest(state, train_iter)
+      state, start_step = checkpointer.restore_latest(
+        state, train_iter, mismatch=(pipeline.RecordError,)
+      )
     except pipeline.RecordError as e:
       raise TrainingError(
         f'{e}; {workdir_path} holds a run on other data or settings: resume '

@@ -10,6 +10,7 @@ A workdir holds
                         so far (`state` holds `{'params': ...}`) and `meta`
                         with its metrics; the workdir's model wherever
                         bertjax takes one
+  damaged/<step>/       steps that did not restore, set aside (kept)
   metrics.jsonl         one JSON object per metric write: `step` and names
   .lock                 held by the run using the workdir (`claim`)
   tb/                   the same metrics as TensorBoard event files
@@ -25,7 +26,9 @@ wherever bertjax takes one: `bertjax.pretrained`), and the metric files
 
 Orbax writes each step into a temporary directory and commits it by
 renaming (or a commit marker on GCS), so a step interrupted mid-write is
-never listed or restored: a run falls back to the last complete step. Paths
+never listed or restored: a run falls back to the last complete step. A
+step damaged after its commit (a torn or deleted file) is skipped too, by
+the run and by every model loader, with a warning naming it. Paths
 go through `etils.epath`, so `gs://` workdirs work like local ones.
 """
 
@@ -35,8 +38,8 @@ import json
 import math
 import os
 import signal
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
@@ -49,9 +52,12 @@ from data_pipeline import files
 
 CHECKPOINTS_DIR = 'checkpoints'
 BEST_DIR = 'best'
+DAMAGED_DIR = 'damaged'
 METRICS_FILE = 'metrics.jsonl'
 CURVES_FILE = 'learning_curves.png'
 LOCK_FILE = '.lock'
+
+_T = TypeVar('_T')
 
 
 class CheckpointError(ValueError):
@@ -185,8 +191,9 @@ class Checkpointer:
       enable_async_checkpointing=True,
       cleanup_tmp_directories=True,
     )
+    self._workdir = _absolute(workdir)
     self._manager = ocp.CheckpointManager(
-      _absolute(workdir) / CHECKPOINTS_DIR,
+      self._workdir / CHECKPOINTS_DIR,
       options=options,
       item_handlers={
         'state': ocp.StandardCheckpointHandler(),
@@ -255,25 +262,90 @@ class Checkpointer:
       ),
     )
 
-  def restore_latest(self, state: Any, data_iterator: Any) -> tuple[Any, int]:
-    """Restores the newest complete step onto a freshly created `state`'s
-    shapes, dtypes and shardings, and `data_iterator` in place; returns
-    (state, step), or (the given state, 0) when there is no checkpoint."""
-    step = self._manager.latest_step()
-    if step is None:
-      return state, 0
+  def restore_latest(
+    self,
+    state: Any,
+    data_iterator: Any,
+    mismatch: tuple[type[Exception], ...] = (),
+  ) -> tuple[Any, int]:
+    """Restores the newest step that restores onto a freshly created
+    `state`'s shapes, dtypes and shardings, and `data_iterator` in place;
+    returns (state, step), or (the given state, 0) when there is no
+    checkpoint.
+
+    A damaged step (a torn or missing file, an empty directory) is skipped
+    with a warning and moved to `<workdir>/damaged/`, never deleted, so the
+    run continues from the step before it and can save its steps again.
+    Errors of the `mismatch` types (the data is not the run's) are not
+    damage and are raised at once.
+
+    Raises:
+      CheckpointError: there are steps but none restores (each one's
+        reason is named).
+    """
+    steps = sorted(self._manager.all_steps(), reverse=True)
     target = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
       state,
     )
-    restored = self._manager.restore(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target),
-        data=DataIteratorRestore(data_iterator),
-      ),
-    )
-    return restored.state, int(step)
+    damaged = []
+    for step in steps:
+      try:
+        restored = self._manager.restore(
+          step,
+          args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target),
+            data=DataIteratorRestore(data_iterator),
+          ),
+        )
+        reason = ''
+      except mismatch:
+        raise
+      except Exception as e:  # noqa: BLE001 - whatever a damaged file raises.
+        reason = _first_line(e)
+      # Every process must pick the same step.
+      if jax.process_count() > 1:
+        failed = multihost_utils.process_allgather(np.int32(bool(reason)))
+        if failed.any() and not reason:
+          reason = 'another process could not restore it'
+      if not reason:
+        self._set_aside(damaged)
+        return restored.state, int(step)
+      logging.warning(
+        'Checkpoint step %d in %s does not restore (%s); trying the one '
+        'before it',
+        step,
+        self._manager.directory,
+        reason,
+      )
+      damaged.append((step, reason))
+    if damaged:
+      raise CheckpointError(
+        f'no checkpoint in {self._manager.directory} restores: '
+        + '; '.join(f'step {step}: {reason}' for step, reason in damaged)
+      )
+    return state, 0
+
+  def _set_aside(self, damaged: Sequence[tuple[int, str]]) -> None:
+    """Moves damaged steps out of `checkpoints/` (Orbax saves no step at or
+    below its newest one) into `<workdir>/damaged/`."""
+    if not damaged:
+      return
+    if jax.process_index() == 0:
+      aside = self._workdir / DAMAGED_DIR
+      aside.mkdir(parents=True, exist_ok=True)
+      for step, _ in damaged:
+        source = epath.Path(self._manager.directory) / str(step)
+        name = str(step)
+        while (aside / name).exists():
+          name += '+'
+        source.rename(aside / name)
+        logging.warning(
+          'Moved damaged checkpoint %s to %s', source, aside / name
+        )
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices('bertjax:damaged_steps_moved')
+    self._manager.reload()
 
   def close(self) -> None:
     """Waits for pending saves to be committed; closes the managers."""
@@ -357,11 +429,24 @@ def _read_only_manager(directory: str) -> ocp.CheckpointManager:
 
 
 def find_step(path: str) -> Step:
-  """The complete step `path` names (the newest, for a workdir).
+  """The complete step `path` names (for a workdir, its newest step whose
+  record of the run reads; see `use_newest`).
 
   Raises:
     CheckpointError: not a training workdir or step, no complete step, or
-      a step whose record of the run cannot be read.
+      no step whose record of the run can be read.
+  """
+  return use_newest(path, lambda step: step)
+
+
+def use_newest(path: str, use: Callable[[Step], _T]) -> _T:
+  """`use(step)` on the step `path` names, or for a workdir (or its
+  `checkpoints/`, `best/`) on its newest step that works: a step whose
+  files are damaged (`use` or reading its record raises `CheckpointError`)
+  is skipped with a warning naming it and why.
+
+  Raises:
+    CheckpointError: as `find_step`; for a workdir, every step's reason.
   """
   found = checkpoints_of(path)
   if found is None:
@@ -369,15 +454,31 @@ def find_step(path: str) -> Step:
   directory, step = found
   with _read_only_manager(directory) as manager:
     steps = manager.all_steps()
-    if step is None:
-      if not steps:
-        raise CheckpointError(f'{path}: no complete training checkpoint')
-      step = max(steps)
-    elif step not in steps:
-      raise CheckpointError(
-        f'{path}: step {step} is not a complete checkpoint (complete: '
-        f'{sorted(steps) or "none"})'
-      )
+  if step is None:
+    if not steps:
+      raise CheckpointError(f'{path}: no complete training checkpoint')
+    candidates = sorted(steps, reverse=True)
+  elif step in steps:
+    candidates = [step]
+  else:
+    raise CheckpointError(
+      f'{path}: step {step} is not a complete checkpoint (complete: '
+      f'{sorted(steps) or "none"})'
+    )
+  reasons = []
+  for candidate in candidates:
+    try:
+      return use(_read_step(directory, candidate))
+    except CheckpointError as e:
+      if step is not None:
+        raise
+      logging.warning('%s; trying the step before it', e)
+      reasons.append(str(e))
+  raise CheckpointError(f'{path}: no step restores: {"; ".join(reasons)}')
+
+
+def _read_step(directory: str, step: int) -> Step:
+  with _read_only_manager(directory) as manager:
     try:
       meta = manager.restore(
         step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())

@@ -5,6 +5,7 @@ a one-line message that names the file, and that nothing already written
 was lost or silently changed.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -14,9 +15,11 @@ import sys
 import textwrap
 import time
 
+import jax
+import numpy as np
 import pytest
 
-from bertjax import trainer, workdir
+from bertjax import pretrained, trainer, workdir
 from configs import bert_tiny
 from data_pipeline import corpora, files
 
@@ -270,3 +273,110 @@ def test_metrics_survive_a_torn_line_and_a_resume_from_an_older_step(
   assert [step for step, _ in losses(after)] == [1, 2, 3, 4]
   assert losses(after) == losses(before)
   assert (tmp_path / workdir.CURVES_FILE).stat().st_size > 0
+
+
+# ---------------------------------------------------------------------------
+# Damaged checkpoints.
+
+
+def _largest_file(directory):
+  found = [p for p in directory.rglob('*') if p.is_file()]
+  return max(found, key=lambda p: p.stat().st_size)
+
+
+def _truncate_largest(step_dir):
+  path = _largest_file(step_dir / 'state')
+  with open(path, 'r+b') as f:
+    f.truncate(path.stat().st_size // 2)
+
+
+def _empty_newer_step(checkpoints):
+  (checkpoints / '6').mkdir()
+  return 6
+
+
+def _damage_step_4(damage):
+  def apply(checkpoints):
+    damage(checkpoints / '4')
+    return 4
+
+  return apply
+
+
+DAMAGE = {
+  'truncated_state_file': _damage_step_4(_truncate_largest),
+  'no_state_metadata': _damage_step_4(
+    lambda step: (step / 'state' / '_METADATA').unlink()
+  ),
+  'no_iterator_index': _damage_step_4(
+    lambda step: (step / 'data' / 'process_0' / 'iterator.index').unlink()
+  ),
+  'empty_step_directory': _empty_newer_step,
+}
+
+
+def _tree_checksums(directory):
+  """{relative path: sha256} of every file under `directory`."""
+  return {
+    os.fspath(p.relative_to(directory)): hashlib.sha256(
+      p.read_bytes()
+    ).hexdigest()
+    for p in sorted(directory.rglob('*'))
+    if p.is_file()
+  }
+
+
+@pytest.fixture(scope='module')
+def four_steps(tmp_path_factory):
+  """A run of 4 steps with checkpoints at 2 and 4, and its config."""
+  path = tmp_path_factory.mktemp('four')
+  config = _config(
+    num_train_steps=4,
+    checkpoint_every_steps=2,
+    keep_checkpoints=5,
+    log_every_steps=1,
+  )
+  trainer.train_and_evaluate(config, str(path))
+  return config, path
+
+
+def _train_losses(path):
+  return {
+    r['step']: r['train/loss']
+    for r in workdir.read_metrics(str(path))
+    if 'train/loss' in r
+  }
+
+
+@pytest.mark.network
+@pytest.mark.parametrize('damage', sorted(DAMAGE))
+def test_a_damaged_newest_step_falls_back_to_the_one_before(
+  four_steps, damage, tmp_path
+):
+  """A model loader and the restarted run both skip the damaged step; the
+  run repeats the steps after the one it restores exactly, saves them
+  anew, and keeps the damaged step, untouched, in damaged/."""
+  config, source = four_steps
+  run = tmp_path / 'run'
+  shutil.copytree(source, run)
+  step = DAMAGE[damage](run / 'checkpoints')
+  damaged = _tree_checksums(run / 'checkpoints' / str(step))
+  fallback = str(step - 2 if step == 4 else 4)
+  kept = _tree_checksums(run / 'checkpoints' / fallback)
+  # A loader reads only the params: it takes the newest step whose params
+  # restore (step 4's may still, when the damage hit only the optimizer
+  # state or the input position), and never a damaged read.
+  params = pretrained.load(str(run))[1]
+  assert any(
+    jax.tree.all(jax.tree.map(np.array_equal, params, intact))
+    for intact in (
+      pretrained.load(str(source / 'checkpoints' / name))[1]
+      for name in ('4', '2')
+    )
+  )
+  trainer.train_and_evaluate(config, str(run))
+  assert _train_losses(run) == _train_losses(source)
+  assert sorted(os.listdir(run / 'checkpoints')) == ['2', '4']
+  assert os.listdir(run / 'damaged') == [str(step)]
+  assert _tree_checksums(run / 'damaged' / str(step)) == damaged
+  assert _tree_checksums(run / 'checkpoints' / fallback) == kept

@@ -37,6 +37,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -169,8 +170,38 @@ class DataIteratorRestore(ocp.args.CheckpointArgs):
   iterator: Any
 
 
+# The step's directory is made before `save` returns (the writing stays
+# asynchronous): made in Orbax's background thread, a failure (a read-only
+# or full disk) left the run waiting 5 minutes for a signal that never came.
+_ASYNC_OPTIONS = ocp.AsyncOptions(create_directories_asynchronously=False)
+
+
+def _check_space(directory: epath.Path, tree: Any, step: int) -> None:
+  """Fails before a save that cannot be written to a local disk (read-only,
+  or too full): a save that runs out of space fails in a dozen background
+  threads, each printing its traceback. (On gs:// there is nothing to ask.)
+  """
+  if not files.is_local(os.fspath(directory)):
+    return
+  if not os.access(directory, os.W_OK):
+    raise CheckpointError(f'cannot save step {step}: {directory} is read-only')
+  need = sum(x.nbytes for x in jax.tree.leaves(tree) if hasattr(x, 'nbytes'))
+  need += need // 20 + (1 << 20)  # Orbax's metadata, and some room.
+  free = shutil.disk_usage(directory).free
+  if free < need:
+    raise CheckpointError(
+      f'not enough space to save step {step} in {directory}: it needs '
+      f'about {need / 2**20:.0f} MiB, {free / 2**20:.0f} MiB are free'
+    )
+
+
 class Checkpointer:
-  """Orbax checkpoints of a training run: state, input position, config."""
+  """Orbax checkpoints of a training run: state, input position, config.
+
+  A save that fails (here, or in the background: a full disk) raises
+  `CheckpointError` naming the step and the cause at the next call; the
+  steps already saved are kept.
+  """
 
   def __init__(
     self,
@@ -190,6 +221,7 @@ class Checkpointer:
       create=True,
       enable_async_checkpointing=True,
       cleanup_tmp_directories=True,
+      async_options=_ASYNC_OPTIONS,
     )
     self._workdir = _absolute(workdir)
     self._manager = ocp.CheckpointManager(
@@ -211,6 +243,7 @@ class Checkpointer:
           create=True,
           enable_async_checkpointing=True,
           cleanup_tmp_directories=True,
+          async_options=_ASYNC_OPTIONS,
         ),
         item_handlers={
           'state': ocp.StandardCheckpointHandler(),
@@ -225,16 +258,33 @@ class Checkpointer:
     the best (Orbax commits the new step before it deletes the old)."""
     # The two managers' saves must not overlap: with several processes
     # their asynchronous saves meet at barriers of the same name.
-    self._manager.wait_until_finished()
-    self._best.save(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave({'params': params}),
-        meta=ocp.args.JsonSave(
-          {'step': int(step), **self._meta, 'metrics': dict(metrics)}
+    with self._saving(step, self._best):
+      self._manager.wait_until_finished()
+      _check_space(self._best.directory, params, step)
+      self._best.save(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave({'params': params}),
+          meta=ocp.args.JsonSave(
+            {'step': int(step), **self._meta, 'metrics': dict(metrics)}
+          ),
         ),
-      ),
-    )
+      )
+
+  @contextlib.contextmanager
+  def _saving(self, step: int | None, manager: ocp.CheckpointManager):
+    """Turns a failed save (this one, or an earlier one that failed in the
+    background) into one `CheckpointError` line."""
+    try:
+      yield
+    except CheckpointError:
+      raise
+    except Exception as e:  # noqa: BLE001 - whatever the filesystem raises.
+      what = f'step {step}' if step is not None else 'a checkpoint'
+      raise CheckpointError(
+        f'could not save {what} in {manager.directory}: {_first_line(e)} '
+        '(the steps saved before it are kept)'
+      ) from e
 
   def best_metrics(self) -> dict[str, float] | None:
     """The metrics of the step in `best/`, None when there is none."""
@@ -251,16 +301,18 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, data_iterator: Any) -> None:
     """Saves (asynchronously) the state and this process's input position."""
-    if self._best is not None:
-      self._best.wait_until_finished()  # See save_best.
-    self._manager.save(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=DataIteratorSave(data_iterator),
-        meta=ocp.args.JsonSave({'step': int(step), **self._meta}),
-      ),
-    )
+    with self._saving(step, self._manager):
+      if self._best is not None:
+        self._best.wait_until_finished()  # See save_best.
+      _check_space(self._manager.directory, state, step)
+      self._manager.save(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=DataIteratorSave(data_iterator),
+          meta=ocp.args.JsonSave({'step': int(step), **self._meta}),
+        ),
+      )
 
   def restore_latest(
     self,
@@ -351,8 +403,9 @@ class Checkpointer:
     """Waits for pending saves to be committed; closes the managers."""
     for manager in (self._manager, self._best):
       if manager is not None:
-        manager.wait_until_finished()
-        manager.close()
+        with self._saving(None, manager):
+          manager.wait_until_finished()
+          manager.close()
 
 
 class Preemption:

@@ -30,10 +30,19 @@ def program_name() -> str:
   return stem or 'bertjax'
 
 
-def fail(message: str) -> NoReturn:
-  """Prints `prog: error: message` on one line; exits with status 2."""
+def fail(message: str, at_once: bool = False) -> NoReturn:
+  """Prints `prog: error: message` on one line; exits with status 2.
+
+  `at_once` skips the interpreter's shutdown: work a failed command left
+  in background threads (the writes of an abandoned checkpoint) would
+  print a traceback each as the interpreter tears down their event loops.
+  """
   message = ' '.join(message.split())
   print(f'{program_name()}: error: {message}', file=sys.stderr)
+  if at_once:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(2)
   sys.exit(2)
 
 
@@ -54,14 +63,18 @@ _CHATTY_LIBRARIES = ('orbax',)
 
 class _QuietLibraries(logging.logging.Filter):
   """Hides the INFO logs of `_CHATTY_LIBRARIES` unless --verbosity >= 1;
-  their warnings always show."""
+  their warnings and errors always show, errors without the traceback
+  (Orbax logs one per background thread of a failed save, some sixty for
+  a full disk, and the command reports the failure itself)."""
 
   def filter(self, record) -> bool:
-    return (
-      record.levelno >= logging.logging.WARNING
-      or logging.get_verbosity() > 0
-      or not any(name in record.pathname for name in _CHATTY_LIBRARIES)
-    )
+    if logging.get_verbosity() > 0 or not any(
+      name in record.pathname for name in _CHATTY_LIBRARIES
+    ):
+      return True
+    if record.exc_info and not os.environ.get('BERTJAX_TRACEBACK'):
+      record.exc_info = record.exc_text = None
+    return record.levelno >= logging.logging.WARNING
 
 
 def run(
@@ -80,7 +93,7 @@ def run(
     except (ValueError, OSError) as e:
       if os.environ.get('BERTJAX_TRACEBACK'):
         raise
-      fail(str(e) or type(e).__name__)
+      fail(str(e) or type(e).__name__, at_once=True)
 
   app.run(checked, flags_parser=flags_parser)
 

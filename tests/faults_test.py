@@ -380,3 +380,80 @@ def test_a_damaged_newest_step_falls_back_to_the_one_before(
   assert os.listdir(run / 'damaged') == [str(step)]
   assert _tree_checksums(run / 'damaged' / str(step)) == damaged
   assert _tree_checksums(run / 'checkpoints' / fallback) == kept
+
+
+# ---------------------------------------------------------------------------
+# Disks that refuse writes.
+
+
+def _can_mount() -> str:
+  """'' where this process may mount a tmpfs in a private mount namespace
+  (`unshare`), else why not."""
+  try:
+    result = subprocess.run(
+      ['unshare', '-rm', 'sh', '-c', 'mount -t tmpfs -o size=1m tmpfs /mnt'],
+      capture_output=True,
+      text=True,
+    )
+  except FileNotFoundError:
+    return 'no unshare command'
+  return result.stderr.strip() if result.returncode else ''
+
+
+_DISKS = textwrap.dedent("""
+  set -u
+  # $1: workdir; the rest: the training command before --workdir.
+  wd=$1; shift
+  sums() { find "$wd/checkpoints" -type f | sort | xargs sha256sum; }
+  mkdir -p "$wd/checkpoints"
+  # A disk with room for one checkpoint of the run (about 10 MiB).
+  mount -t tmpfs -o size=16m tmpfs "$wd/checkpoints"
+  "$@" --workdir="$wd" --config.num_train_steps=2 2>/dev/null
+  echo "first=$?"
+  sums > "$wd/before.txt"
+  "$@" --workdir="$wd" --config.num_train_steps=4 2> "$wd/full.txt"
+  echo "full=$?"
+  sums > "$wd/after_full.txt"
+  mount -o remount,ro "$wd/checkpoints"
+  "$@" --workdir="$wd" --config.num_train_steps=6 2> "$wd/ro.txt"
+  echo "read_only=$?"
+  sums > "$wd/after_ro.txt"
+""")
+
+
+@pytest.mark.network
+def test_a_full_or_read_only_disk_stops_the_run_in_one_line(tmp_path):
+  """Each refused save ends the run at once with exit 2 and one line that
+  names the directory; the step already saved is kept, byte for byte."""
+  reason = _can_mount()
+  if reason:
+    pytest.skip(f'cannot mount a tmpfs here: {reason}')
+  wd = tmp_path / 'wd'
+  command = _train_cmd('unused')
+  command.remove('--workdir=unused')
+  result = subprocess.run(
+    ['unshare', '-rm', 'sh', '-c', _DISKS, 'sh', str(wd), *command],
+    cwd=ROOT,
+    env=_env(),
+    capture_output=True,
+    text=True,
+  )
+  status = dict(line.split('=') for line in result.stdout.split())
+  assert status == {'first': '0', 'full': '2', 'read_only': '2'}, result
+  full = (wd / 'full.txt').read_text().strip().splitlines()
+  assert full[-1].startswith(
+    f'bertjax.train: error: not enough space to save step 4 in '
+    f'{wd / "checkpoints"}: it needs about '
+  ), full[-5:]
+  read_only = (wd / 'ro.txt').read_text().strip().splitlines()
+  assert read_only[-1] == (
+    f'bertjax.train: error: cannot save step 6: {wd / "checkpoints"} is '
+    'read-only'
+  ), read_only[-5:]
+  before = (wd / 'before.txt').read_text()
+  assert '/checkpoints/2/' in before
+  assert (wd / 'after_full.txt').read_text() == before
+  assert (wd / 'after_ro.txt').read_text() == before
+  assert not any(
+    'Traceback' in (wd / n).read_text() for n in ('full.txt', 'ro.txt')
+  )

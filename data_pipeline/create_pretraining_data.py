@@ -196,10 +196,19 @@ def main(
       invalid_utf8=fv.invalid_utf8,
     )
     paths = documents.expand_patterns(fv.input_files, input_stats)
+    documents.check_text_inputs(paths)
     docs = documents.read_documents(paths, options, input_stats)
   stats = records.create_pretraining_data(
     docs, input_stats, fv.tokenizer, config, output, fv.do_lower_case
   )
+  if not stats['examples']:
+    raise documents.InputError(
+      f'no examples from {stats["documents"]} documents '
+      f'({stats["input_bytes"]} bytes) of {fv.input_files or fv.tfds_name}: '
+      'each needs text of two sentences or more'
+      if stats['documents']
+      else f'no documents in {fv.input_files or fv.tfds_name}'
+    )
   logging.info(
     '%d examples from %d documents (%.1f MB, %.2f MB/s) in %s',
     stats['examples'],

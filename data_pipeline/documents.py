@@ -26,9 +26,11 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 
 import tensorflow as tf
+from absl import logging
 
 # Reasons an input is skipped (its text does not reach the output).
 SKIP_DIRECTORY = 'is_a_directory'
+SKIP_INCOMPLETE = 'incomplete_output'
 SKIP_FILE_NOT_FOUND = 'file_not_found'
 SKIP_READ_ERROR = 'read_error'
 # A file that gave no document: empty, blank, or all its records skipped.
@@ -508,6 +510,57 @@ def get_format(path: str, options: ReadOptions) -> str:
   return _FORMAT_BY_EXTENSION.get('.' + extension, 'bert')
 
 
+class InputError(ValueError):
+  """Input files of the wrong kind: TFRecords where text goes, or bytes
+  that are neither."""
+
+
+# What bertjax's own writers name a file they have not finished (records
+# shards in `create_pretraining_data`; `files.replacing`): never an input.
+_INCOMPLETE_SUFFIXES = ('.incomplete', '.partial')
+# Bytes of a file looked at to tell its kind.
+_SNIFF_BYTES = 1 << 16
+
+
+def file_kind(path: str) -> str:
+  """'tfrecord', 'text' or 'binary', from what `path` holds (its name says
+  nothing: `train-*` can be either).
+
+  A TFRecord file is one whose first record TensorFlow reads with its
+  length and CRCs intact; text is UTF-8 (a few bad bytes allowed: they are
+  repaired when read) without NUL bytes; anything else, e.g. a compiled
+  library or an image, is binary. An empty file is text (with no
+  documents).
+  """
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    head = f.read(_SNIFF_BYTES)
+  if len(head) >= 16:
+    try:
+      next(iter(tf.data.TFRecordDataset(path).take(1)))
+      return 'tfrecord'
+    except (tf.errors.OpError, StopIteration):
+      pass
+  if b'\0' in head:
+    return 'binary'
+  text = head.decode('utf-8', 'replace')
+  bad = text.count('\ufffd') + len(_CONTROL_RE.findall(text.replace('\r', '')))
+  # The sample may end inside a character; repaired bytes are rare in text.
+  return 'binary' if bad > 4 + len(text) // 100 else 'text'
+
+
+def check_text_inputs(paths: Sequence[str]) -> None:
+  """Raises `InputError` naming the first of `paths` that is not text."""
+  for path in paths:
+    kind = file_kind(path)
+    if kind != 'text':
+      raise InputError(
+        f'{path}: not text but {"TFRecords" if kind == "tfrecord" else kind} '
+        '(this takes text files; records go to training as they are)'
+        if kind == 'tfrecord'
+        else f'{path}: binary data, not UTF-8 text'
+      )
+
+
 def split_patterns(patterns: str | Sequence[str]) -> list[str]:
   """Globs from a comma-separated string (or a list), blanks dropped."""
   if isinstance(patterns, str):
@@ -537,7 +590,12 @@ def expand_patterns(
       matches = []
     found = False
     for path in matches:
-      if not tf.io.gfile.isdir(path):
+      if path.endswith(_INCOMPLETE_SUFFIXES):
+        # Left by a writer that was killed: a torn file, never data.
+        logging.warning('Skipping %s: an unfinished output', path)
+        if stats is not None:
+          stats.skip(SKIP_INCOMPLETE, path)
+      elif not tf.io.gfile.isdir(path):
         files.add(path)
         found = True
       elif stats is not None:

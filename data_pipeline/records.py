@@ -723,7 +723,6 @@ def _stats_dict(
 _RUN_CREATION_SEED = 12345
 # Records read to estimate the most-frequent-token baseline.
 _BASELINE_RECORDS = 20_000
-_RECORD_MARKERS = ('.tfrecord', '.record')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -739,10 +738,23 @@ class PreparedData:
   majority_token_accuracy: float
 
 
-def is_record_pattern(pattern: str) -> bool:
-  """TFRecords are recognised by name (`*.tfrecord*`, `*.record*`)."""
-  name = os.path.basename(pattern)
-  return any(marker in name for marker in _RECORD_MARKERS)
+def _are_records(paths: Sequence[str]) -> bool:
+  """Whether `paths` are TFRecords (True) or text (False), by what they
+  hold: one kind, or an `InputError` naming a file of each kind."""
+  kinds: dict[str, str] = {}
+  for path in paths:
+    kind = documents.file_kind(path)
+    if kind == 'binary':
+      raise documents.InputError(
+        f'{path}: neither text nor TFRecords (data.input_files)'
+      )
+    kinds.setdefault(kind, path)
+  if len(kinds) > 1:
+    raise documents.InputError(
+      f'data.input_files mixes TFRecords ({kinds["tfrecord"]}) and text '
+      f'({kinds["text"]})'
+    )
+  return 'tfrecord' in kinds
 
 
 def _write_demo_text(name: str, path: str) -> str:
@@ -866,8 +878,8 @@ def prepare_data(
 ) -> PreparedData:
   """Makes sure records and a tokenizer exist for a run's data.
 
-  TFRecord inputs (file names containing `.tfrecord` or `.record`) are used
-  as they are. Raw text (or the demo corpus) gets a WordPiece vocabulary
+  TFRecord inputs (told from text by their contents) are used as they
+  are. Raw text (or the demo corpus) gets a WordPiece vocabulary
   when none is given, and unmasked NSP pair records with a held-out eval
   split by document, made once (the pipeline masks them afresh every
   epoch) and cached under a fingerprint of the inputs and settings.
@@ -904,12 +916,8 @@ def prepare_data(
     if barrier:
       barrier('demo_corpus')
     patterns = [text_path]
-  records = all(is_record_pattern(p) for p in patterns)
-  if any(is_record_pattern(p) for p in patterns) and not records:
-    raise ValueError(
-      f'data.input_files mixes TFRecords and text: {", ".join(patterns)}'
-    )
   paths = documents.expand_patterns(patterns)
+  records = _are_records(paths)
   eval_patterns = documents.split_patterns(data.eval_files)
   if eval_patterns:
     documents.expand_patterns(eval_patterns)

@@ -21,7 +21,7 @@ import pytest
 
 from bertjax import pretrained, trainer, workdir
 from configs import bert_tiny
-from data_pipeline import corpora, files
+from data_pipeline import corpora, documents, files, records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = 2000
@@ -457,3 +457,124 @@ def test_a_full_or_read_only_disk_stops_the_run_in_one_line(tmp_path):
   assert not any(
     'Traceback' in (wd / n).read_text() for n in ('full.txt', 'ro.txt')
   )
+
+
+# ---------------------------------------------------------------------------
+# Inputs of the wrong kind.
+
+
+@pytest.fixture(scope='module')
+def news_records(tmp_path_factory):
+  """Real text, and the TFRecords a run made of it (names: train-*)."""
+  root = tmp_path_factory.mktemp('news')
+  text = root / 'news.txt'
+  text.write_text(
+    '\n\n'.join(corpora.news_documents()[:200]) + '\n', encoding='utf-8'
+  )
+  data = bert_tiny.get_config().data
+  with data.unlocked():
+    data.input_files = str(text)
+    data.demo_vocab_size = VOCAB
+  prepared = records.prepare_data(data, 64, str(root / 'cache'))
+  return text, prepared
+
+
+def _data(**changes):
+  data = bert_tiny.get_config().data
+  with data.unlocked():
+    data.update(changes)
+  return data
+
+
+@pytest.mark.network
+def test_records_are_told_from_text_by_what_they_hold(news_records, tmp_path):
+  text, prepared = news_records
+  (shards,) = prepared.train_patterns
+  # `train-*` says nothing about the kind; the bytes do.
+  again = records.prepare_data(
+    _data(input_files=shards, tokenizer=prepared.tokenizer_path),
+    64,
+    str(tmp_path),
+  )
+  assert again.train_patterns == (shards,)
+  assert not os.listdir(tmp_path)  # Nothing was made of them as text.
+  with pytest.raises(documents.InputError, match='mixes TFRecords') as e:
+    records.prepare_data(
+      _data(input_files=f'{shards},{text}', tokenizer=prepared.tokenizer_path),
+      64,
+      str(tmp_path),
+    )
+  assert str(text) in str(e.value)
+  library = tmp_path / 'lib.so'
+  shutil.copy(_a_shared_library(), library)
+  with pytest.raises(documents.InputError, match='neither text nor TFRecords'):
+    records.prepare_data(_data(input_files=str(library)), 64, str(tmp_path))
+
+
+def _a_shared_library() -> str:
+  import _ctypes
+
+  return _ctypes.__file__
+
+
+@pytest.mark.network
+def test_a_killed_writers_unfinished_shard_is_not_an_input(
+  news_records, tmp_path
+):
+  _, prepared = news_records
+  shards = documents.expand_patterns(prepared.train_patterns)
+  for shard in shards[:2]:
+    shutil.copy(shard, tmp_path / os.path.basename(shard))
+  torn = tmp_path / (os.path.basename(shards[2]) + '.incomplete')
+  torn.write_bytes(open(shards[2], 'rb').read()[:1000])
+  found = documents.expand_patterns(str(tmp_path / '*.tfrecord*'))
+  assert [os.path.basename(p) for p in found] == [
+    os.path.basename(s) for s in shards[:2]
+  ]
+
+
+def _create_cmd(inputs, out, vocab):
+  return [
+    sys.executable,
+    '-m',
+    'data_pipeline.create_pretraining_data',
+    f'--input_files={inputs}',
+    f'--output_dir={out}',
+    f'--tokenizer={vocab}',
+    '--max_seq_length=64',
+  ]
+
+
+def _empty_file(directory, shard):
+  del shard
+  (directory / 'empty.txt').touch()
+  return directory / 'empty.txt'
+
+
+@pytest.mark.network
+@pytest.mark.parametrize(
+  'make, message',
+  [
+    (lambda d, shard: _a_shared_library(), 'binary data, not UTF-8 text'),
+    (lambda d, shard: shard, 'not text but TFRecords'),
+    (_empty_file, 'no documents in'),
+  ],
+  ids=['shared_library', 'records', 'empty_file'],
+)
+def test_create_pretraining_data_refuses_what_is_not_text(
+  news_records, tmp_path, make, message
+):
+  _, prepared = news_records
+  shard = documents.expand_patterns(prepared.train_patterns)[0]
+  source = make(tmp_path, shard)
+  result = subprocess.run(
+    _create_cmd(source, tmp_path / 'out', prepared.tokenizer_path),
+    cwd=ROOT,
+    env=_env(),
+    capture_output=True,
+    text=True,
+  )
+  assert result.returncode == 2, result.stderr[-3000:]
+  last = _last_line(result)
+  assert last.startswith('data_pipeline.create_pretraining_data: error: ')
+  assert message in last and str(source) in last, last

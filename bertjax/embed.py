@@ -35,7 +35,7 @@ import numpy as np
 from absl import flags, logging
 
 from bertjax import hf, model, pretrained
-from data_pipeline import cli
+from data_pipeline import cli, files
 
 _MODEL = flags.DEFINE_string(
   'model',
@@ -279,7 +279,7 @@ def main(argv: list[str]) -> None:
   )
   seconds = time.perf_counter() - start
   # A file object: np.save would append '.npy' to a path without it.
-  with open(_OUTPUT.value, 'wb') as f:
+  with files.replacing(_OUTPUT.value, 'wb') as f:
     np.save(f, vectors)
   logging.info(
     'embedded %d lines in %.1f s (%.1f lines/s) into %s %s',

@@ -33,6 +33,7 @@ import safetensors.numpy
 from absl import logging
 
 from bertjax import model
+from data_pipeline import files
 
 CONFIG_FILE = 'config.json'
 SAFETENSORS_FILE = 'model.safetensors'
@@ -551,15 +552,14 @@ def save(
   class of `head` (`ARCHITECTURES`) loads with `from_pretrained` as they
   are; `labels` name the classes of a classification head."""
   state_dict = params_to_hf(params, config, head)
-  os.makedirs(model_dir, exist_ok=True)
-  with open(os.path.join(model_dir, CONFIG_FILE), 'w', encoding='utf-8') as f:
-    json.dump(config_to_hf(config, head, labels), f, indent=2, sort_keys=True)
-    f.write('\n')
-  # transformers expects the 'pt' format tag that its own writer sets.
-  safetensors.numpy.save_file(
-    state_dict,
-    os.path.join(model_dir, SAFETENSORS_FILE),
-    metadata={'format': 'pt'},
+  with files.replacing_path(os.path.join(model_dir, SAFETENSORS_FILE)) as tmp:
+    # transformers expects the 'pt' format tag that its own writer sets.
+    safetensors.numpy.save_file(state_dict, tmp, metadata={'format': 'pt'})
+  # Written last: a directory with a config is a complete model.
+  files.write_atomic(
+    os.path.join(model_dir, CONFIG_FILE),
+    json.dumps(config_to_hf(config, head, labels), indent=2, sort_keys=True)
+    + '\n',
   )
 
 
@@ -577,6 +577,4 @@ def write_do_lower_case(model_dir: str, do_lower_case: bool) -> None:
   should case text (it lower-cases when it is not told)."""
   path = os.path.join(model_dir, TOKENIZER_CONFIG_FILE)
   config = dict(tokenizer_class='BertTokenizer', do_lower_case=do_lower_case)
-  with open(path, 'w', encoding='utf-8') as f:
-    json.dump(config, f, indent=2)
-    f.write('\n')
+  files.write_atomic(path, json.dumps(config, indent=2) + '\n')

@@ -39,7 +39,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from bertjax import google, hf, model, workdir
-from data_pipeline import corpora
+from data_pipeline import corpora, files
 
 CONFIG_FILE = 'bert_config.json'
 PARAMS_DIR = 'params'
@@ -380,7 +380,8 @@ def save(
   tokenizer_name = tokenizer_file and _tokenizer_file_name(tokenizer_file)
   os.makedirs(model_dir, exist_ok=True)
   if tokenizer_file:
-    shutil.copyfile(tokenizer_file, os.path.join(model_dir, tokenizer_name))
+    with files.replacing_path(os.path.join(model_dir, tokenizer_name)) as tmp:
+      shutil.copyfile(tokenizer_file, tmp)
   if format == 'hf':
     hf.save(model_dir, config, params, head, labels)
     if do_lower_case is not None:
@@ -392,6 +393,7 @@ def save(
     )
     checkpointer.wait_until_finished()
   # Written last: a directory with a config is a complete model.
-  with open(os.path.join(model_dir, CONFIG_FILE), 'w', encoding='utf-8') as f:
-    json.dump(config.to_dict(), f, indent=2)
-    f.write('\n')
+  files.write_atomic(
+    os.path.join(model_dir, CONFIG_FILE),
+    json.dumps(config.to_dict(), indent=2) + '\n',
+  )

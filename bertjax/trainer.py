@@ -33,7 +33,7 @@ from flax.training import train_state
 from jax.experimental import multihost_utils
 
 from bertjax import model, sharding, workdir
-from data_pipeline import examples, pipeline, records
+from data_pipeline import cli, examples, pipeline, records
 
 TrainState = train_state.TrainState
 Batch = Mapping[str, Any]
@@ -862,7 +862,8 @@ def fit(
   `shape.total_steps`; writes the objective's metrics, throughput and MFU
   every `config.log_every_steps`; calls `evaluate(state, step)` every
   `config.eval_every_steps` and writes what it returns; saves every
-  `config.checkpoint_every_steps`, at the end and on SIGTERM (then stops);
+  `config.checkpoint_every_steps`, at the end and on SIGTERM (then raises
+  `cli.Preempted`);
   and stops on a non-finite step (loss, gradients or updated params;
   `config.nan_policy='stop'`) naming the last good checkpoint: the step
   is checked before it is saved, so every checkpoint is finite.
@@ -953,6 +954,11 @@ def fit(
           break
   finally:
     writer.close()
+  if step < shape.total_steps:
+    raise cli.Preempted(
+      f'preempted at step {step} of {shape.total_steps} (SIGTERM); step '
+      f'{step} is saved in {workdir_path}: the same command resumes'
+    )
   return state, step, last_train, last_eval
 
 

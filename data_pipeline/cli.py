@@ -1,7 +1,8 @@
 """How every bertjax command reports a user's mistake and starts up.
 
 A mistake in what a user gave (a flag, a file, a config, a checkpoint) gets
-one line naming it, `prog: error: ...`, and exit status 2, not a traceback.
+one line naming it, `prog: error: ...`, and exit status 2, not a traceback;
+a run stopped by SIGTERM after saving exits with 75 (`Preempted`).
 Library code raises domain errors, each a `ValueError` (bad content) or an
 `OSError` (a missing or unreadable file), whose message names the problem;
 only a command's `__main__` turns them into that line, through `run`. Other
@@ -19,6 +20,16 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from absl import app, flags, logging
+
+# EX_TEMPFAIL (sysexits.h): stopped before the end on request, nothing
+# wrong; the same command resumes. Launchers tell it from 0 (done) and 2
+# (a user error).
+PREEMPTED_STATUS = 75
+
+
+class Preempted(Exception):
+  """A command stopped early because it was asked to (SIGTERM), after
+  saving its work; `run` exits with `PREEMPTED_STATUS`."""
 
 
 def program_name() -> str:
@@ -94,6 +105,9 @@ def run(
       if os.environ.get('BERTJAX_TRACEBACK'):
         raise
       fail(str(e) or type(e).__name__, at_once=True)
+    except Preempted as e:
+      print(f'{program_name()}: {e}', file=sys.stderr)
+      sys.exit(PREEMPTED_STATUS)
 
   app.run(checked, flags_parser=flags_parser)
 

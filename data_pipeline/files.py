@@ -28,7 +28,6 @@ import time
 from collections.abc import Iterator
 from typing import IO
 
-import tensorflow as tf
 from absl import logging
 
 
@@ -69,6 +68,9 @@ def replacing(path: str, mode: str = 'w') -> Iterator[IO]:
   path = os.fspath(path)
   directory = os.path.dirname(path)
   if not is_local(path):
+    # Imported here: model conversion writes local files without TF.
+    import tensorflow as tf
+
     if directory:
       tf.io.gfile.makedirs(directory)
     with tf.io.gfile.GFile(path, mode) as f:
@@ -86,6 +88,29 @@ def replacing(path: str, mode: str = 'w') -> Iterator[IO]:
     with os.fdopen(fd, mode, encoding=encoding) as f:
       yield f
       f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.unlink(tmp)
+    raise
+
+
+@contextlib.contextmanager
+def replacing_path(path: str) -> Iterator[str]:
+  """`replacing` for writers that take a path (safetensors, np.save): yields
+  a temporary local path beside `path` that replaces it if the block
+  completes, with the mode `open` would have given."""
+  directory = os.path.dirname(os.fspath(path)) or '.'
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(
+    dir=directory, prefix=f'.{os.path.basename(path)}.', suffix='.partial'
+  )
+  os.close(fd)
+  try:
+    yield tmp
+    os.chmod(tmp, _file_mode())
+    with open(tmp, 'rb') as f:
       os.fsync(f.fileno())
     os.replace(tmp, path)
   except BaseException:

@@ -54,6 +54,8 @@ import tokenizers as hf_tokenizers
 from absl import logging
 from sentencepiece import sentencepiece_model_pb2
 
+from data_pipeline import files
+
 PAD, UNK, CLS, SEP, MASK = '[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]'
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
 # SentencePiece marks the start of a word with this meta symbol (U+2581).
@@ -613,8 +615,8 @@ def train_sentencepiece(
     for i in range(processor.get_piece_size())
   )
   paths = [model_prefix + '.model', model_prefix + '.vocab']
-  _write(paths[0], model.getvalue())
-  _write(paths[1], vocab.encode('utf-8'))
+  files.write_atomic(paths[0], model.getvalue())
+  files.write_atomic(paths[1], vocab.encode('utf-8'))
   return paths
 
 
@@ -687,13 +689,7 @@ def train_wordpiece(
       vocab_size,
     )
   path = model_prefix + '.vocab.txt'
-  _write(path, ''.join(f'{token}\n' for token, _ in by_id).encode('utf-8'))
+  files.write_atomic(
+    path, ''.join(f'{token}\n' for token, _ in by_id).encode('utf-8')
+  )
   return path
-
-
-def _write(path: str, data: bytes) -> None:
-  """Writes a file through gfile, creating its directory."""
-  if directory := os.path.dirname(path):
-    tf.io.gfile.makedirs(directory)
-  with tf.io.gfile.GFile(path, 'wb') as f:
-    f.write(data)

@@ -578,3 +578,41 @@ def test_create_pretraining_data_refuses_what_is_not_text(
   last = _last_line(result)
   assert last.startswith('data_pipeline.create_pretraining_data: error: ')
   assert message in last and str(source) in last, last
+
+
+# ---------------------------------------------------------------------------
+# Exports.
+
+
+def test_an_interrupted_hf_export_leaves_no_model_and_a_whole_one_is_readable(
+  tmp_path, monkeypatch
+):
+  """The weights are written (whole) before `config.json`, so a directory
+  with a config is a complete model; files get the mode `open` gives."""
+  import flax.linen as nn
+  import safetensors.numpy
+
+  from bertjax import model
+
+  config = model.get_config('tiny', vocab_size=128, max_position_embeddings=32)
+  params = nn.unbox(model.init_params(config, jax.random.key(0)))
+
+  def killed(tensors, path, metadata=None):
+    with open(path, 'wb') as f:
+      f.write(b'half of the weights')
+    raise KeyboardInterrupt  # What a kill mid-write leaves undone.
+
+  target = tmp_path / 'hf'
+  monkeypatch.setattr(safetensors.numpy, 'save_file', killed)
+  with pytest.raises(KeyboardInterrupt):
+    pretrained.save(str(target), config, params, format='hf')
+  assert os.listdir(target) == []
+  monkeypatch.undo()
+  pretrained.save(str(target), config, params, format='hf')
+  assert sorted(os.listdir(target)) == ['config.json', 'model.safetensors']
+  umask = os.umask(0)
+  os.umask(umask)
+  for name in os.listdir(target):
+    assert (target / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+  loaded = pretrained.load(str(target))[1]
+  assert jax.tree.all(jax.tree.map(np.array_equal, loaded, params))

@@ -485,8 +485,14 @@ def _read_sharded(
   if not isinstance(weight_map, dict):
     raise model.WeightsError(f'{index_file} in {model_dir} has no weight_map')
   out = {}
-  for shard in sorted(set(weight_map.values())):
+  inside = os.path.realpath(model_dir)
+  for shard in sorted(set(map(str, weight_map.values()))):
     path = os.path.join(model_dir, shard)
+    # The index is the file's to say, not where the files are read from.
+    if os.path.commonpath([inside, os.path.realpath(path)]) != inside:
+      raise model.WeightsError(
+        f'{index_file} in {model_dir} lists a shard outside it: {shard!r}'
+      )
     if not os.path.isfile(path):
       raise model.WeightsError(
         f'{path}: shard listed in {index_file} is missing'

@@ -616,3 +616,23 @@ def test_an_interrupted_hf_export_leaves_no_model_and_a_whole_one_is_readable(
     assert (target / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
   loaded = pretrained.load(str(target))[1]
   assert jax.tree.all(jax.tree.map(np.array_equal, loaded, params))
+
+
+def test_a_sharded_index_cannot_point_outside_its_model(tmp_path):
+  from bertjax import model
+
+  outside = tmp_path / 'secret.safetensors'
+  outside.write_bytes(b'not for a model to read')
+  target = tmp_path / 'hf'
+  target.mkdir()
+  (target / 'config.json').write_text(
+    json.dumps({'model_type': 'bert', 'vocab_size': 128}), encoding='utf-8'
+  )
+  (target / 'model.safetensors.index.json').write_text(
+    json.dumps(
+      {'weight_map': {'bert.pooler.dense.bias': '../secret.safetensors'}}
+    ),
+    encoding='utf-8',
+  )
+  with pytest.raises(model.WeightsError, match='lists a shard outside it'):
+    pretrained.load(str(target))

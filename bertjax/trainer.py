@@ -69,6 +69,8 @@ def compute_run_shape(
   micro = int(config.micro_batches)
   if micro < 1:
     raise TrainingError(f'micro_batches must be >= 1, got {micro}')
+  if global_batch < 1:
+    raise TrainingError(f'batch_size must be >= 1, got {global_batch}')
   if global_batch % (data_parallel * micro):
     raise TrainingError(
       f'batch_size {global_batch} is not divisible by data-parallel size '

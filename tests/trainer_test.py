@@ -585,6 +585,7 @@ class ConfigErrorTest:
       ({'data.mask_token_prob': 0.5}, 'must sum to 1'),
       ({'data.host_sharding': 'rows'}, 'host_sharding'),
       ({'log_every_steps': -1}, 'log_every_steps must be >= 0'),
+      ({'batch_size': -8}, 'batch_size must be >= 1, got -8'),
       ({'model.size': 'huge'}, 'huge'),
     ],
   )

@@ -68,7 +68,7 @@ def convert(
       do_lower_case = step.meta.get('task', {}).get('do_lower_case')
   tuned = head != model.PRETRAINING
   if tuned and to_format == 'bertjax':
-    raise ValueError(
+    raise cli.UsageError(
       f'{source}: a fine-tuned model converts to hf (its workdir is its '
       'bertjax form)'
     )
@@ -99,7 +99,7 @@ def convert(
 def main(argv: list[str]) -> None:
   del argv
   if not _FROM.value or not _TO.value:
-    raise ValueError('--from and --to are required')
+    raise cli.UsageError('--from and --to are required')
   convert(_FROM.value, _TO.value, _TO_FORMAT.value, _HF_DO_LOWER_CASE.value)
 
 

@@ -39,6 +39,10 @@ def _define_flags() -> None:
   flags.DEFINE_list('tasks', None, 'Only these tasks of the suite.')
 
 
+class SuiteError(ValueError):
+  """A suite file, or flags choosing from it, that cannot be run."""
+
+
 RECIPES = ('classification', 'regression', 'ner', 'qa')
 RESULTS_MD = 'results.md'
 RESULTS_JSON = 'results.json'
@@ -53,7 +57,7 @@ def load_suite(name_or_path: str) -> list[dict[str, Any]]:
   """
   if name_or_path.endswith('.py'):
     if not os.path.isfile(name_or_path):
-      raise ValueError(f'--suite: {name_or_path}: no such file')
+      raise SuiteError(f'--suite: {name_or_path}: no such file')
     spec = importlib.util.spec_from_file_location('suite', name_or_path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -61,29 +65,29 @@ def load_suite(name_or_path: str) -> list[dict[str, Any]]:
     try:
       module = importlib.import_module(f'configs.suites.{name_or_path}')
     except ModuleNotFoundError:
-      raise ValueError(
+      raise SuiteError(
         f'--suite: no suite {name_or_path!r} (configs/suites/) and not a '
         '.py file'
       ) from None
   if not hasattr(module, 'get_suite'):
-    raise ValueError(f'--suite: {name_or_path} defines no get_suite()')
+    raise SuiteError(f'--suite: {name_or_path} defines no get_suite()')
   tasks = list(module.get_suite())
   names = set()
   for i, task in enumerate(tasks):
     where = f'{name_or_path}: task {i + 1}'
     for field in ('name', 'recipe', 'metric'):
       if not isinstance(task.get(field), str) or not task[field]:
-        raise ValueError(f'{where}: no {field!r}')
+        raise SuiteError(f'{where}: no {field!r}')
     if task['recipe'] not in RECIPES:
-      raise ValueError(
+      raise SuiteError(
         f'{where}: recipe {task["recipe"]!r} is not one of {", ".join(RECIPES)}'
       )
     if task['name'] in names or '/' in task['name']:
-      raise ValueError(f'{where}: name {task["name"]!r} repeats or has a /')
+      raise SuiteError(f'{where}: name {task["name"]!r} repeats or has a /')
     names.add(task['name'])
     unknown = set(task) - {'name', 'recipe', 'metric', 'config', 'reference'}
     if unknown:
-      raise ValueError(
+      raise SuiteError(
         f'{where}: unknown field(s) {", ".join(sorted(unknown))}'
       )
   return tasks
@@ -105,7 +109,7 @@ def task_config(task: Mapping[str, Any], model: str, seed: int):
         holder = holder[part]
       holder[leaf] = value
     except (KeyError, AttributeError, TypeError) as e:
-      raise ValueError(
+      raise SuiteError(
         f'task {task["name"]}: bad config override {key}={value!r} ({e})'
       ) from None
   return config
@@ -152,12 +156,12 @@ def evaluate(
 ) -> list[dict]:
   """Runs the suite (see the module docstring); returns the table rows."""
   if seeds < 1:
-    raise ValueError(f'--seeds={seeds} must be >= 1')
+    raise SuiteError(f'--seeds={seeds} must be >= 1')
   tasks_ = load_suite(suite)
   if only:
     unknown = sorted(set(only) - {t['name'] for t in tasks_})
     if unknown:
-      raise ValueError(f'--tasks: no task {", ".join(unknown)} in {suite}')
+      raise SuiteError(f'--tasks: no task {", ".join(unknown)} in {suite}')
     tasks_ = [t for t in tasks_ if t['name'] in only]
   configs = {
     (t['name'], s): task_config(t, model, s)
@@ -180,7 +184,7 @@ def evaluate(
       run_dir = os.path.join(workdir, task['name'], f'seed_{seed}')
       result = tasks.finetune(configs[task['name'], seed], run_dir)
       if key not in result:
-        raise ValueError(
+        raise SuiteError(
           f'task {task["name"]}: no {key} (is there an eval file, and is '
           f'{task["metric"]!r} one of its metrics?)'
         )
@@ -203,7 +207,7 @@ def main(argv: list[str]) -> None:
   f = flags.FLAGS
   for name in ('model', 'suite', 'workdir'):
     if not f[name].value:
-      raise ValueError(f'--{name} is required')
+      raise SuiteError(f'--{name} is required')
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   evaluate(f.model, f.suite, f.workdir, f.seeds, f.tasks)
   logging.info('Results: %s', os.path.join(f.workdir, RESULTS_MD))

@@ -38,11 +38,11 @@ def main(argv: list[str]) -> None:
   f = flags.FLAGS
   for name in ('model', 'input', 'output'):
     if not f[name].value:
-      raise ValueError(f'--{name} is required')
+      raise cli.UsageError(f'--{name} is required')
   if f.batch_size < 1:
-    raise ValueError(f'--batch_size={f.batch_size} must be positive')
+    raise cli.UsageError(f'--batch_size={f.batch_size} must be positive')
   if os.path.isdir(f.output):
-    raise ValueError(f'--output={f.output} is a directory')
+    raise cli.UsageError(f'--output={f.output} is a directory')
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   # Imported here: TensorFlow (under the tokenizers) loads slowly, and the
   # flag mistakes above should not wait for it.

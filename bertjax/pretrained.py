@@ -147,7 +147,7 @@ def _tokenizer_file_name(path: str) -> str:
   for suffix, name in (('.txt', VOCAB_FILE), ('.model', SENTENCEPIECE_FILE)):
     if path.endswith(suffix):
       return name
-  raise ValueError(
+  raise model.WeightsError(
     f'{path}: not a tokenizer file (expected a WordPiece .txt vocabulary '
     'or a SentencePiece .model)'
   )

@@ -27,6 +27,11 @@ FSDP = 'fsdp'
 TENSOR = 'tensor'
 MESH_AXES = (DATA, FSDP, TENSOR)
 
+
+class MeshError(ValueError):
+  """A mesh shape that does not fit the devices there are."""
+
+
 Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
 
@@ -70,23 +75,23 @@ def resolve_mesh_shape(
   """
   shape = tuple(int(s) for s in shape)
   if len(shape) != len(MESH_AXES):
-    raise ValueError(
+    raise MeshError(
       f'mesh shape {shape} must have {len(MESH_AXES)} entries {MESH_AXES}'
     )
   if shape.count(-1) > 1:
-    raise ValueError(f'mesh shape {shape} has more than one -1')
+    raise MeshError(f'mesh shape {shape} has more than one -1')
   if any(s == 0 or s < -1 for s in shape):
-    raise ValueError(f'mesh shape {shape} has an entry that is not >= 1')
+    raise MeshError(f'mesh shape {shape} has an entry that is not >= 1')
   known = int(np.prod([s for s in shape if s != -1]))
   if -1 in shape:
     if num_devices % known:
-      raise ValueError(
+      raise MeshError(
         f'mesh shape {shape} cannot fill {num_devices} devices: '
         f'{num_devices} is not divisible by {known}'
       )
     shape = tuple(num_devices // known if s == -1 else s for s in shape)
   elif known != num_devices:
-    raise ValueError(
+    raise MeshError(
       f'mesh shape {dict(zip(MESH_AXES, shape))} needs {known} devices, '
       f'but there are {num_devices}'
     )

@@ -52,7 +52,7 @@ def _initialize_distributed() -> None:
   explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if any(v is not None for v in explicit):
     if any(v is None for v in explicit):
-      raise ValueError(
+      raise cli.UsageError(
         '--coordinator_address, --num_processes and --process_id go together'
       )
     jax.distributed.initialize(

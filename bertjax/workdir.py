@@ -536,7 +536,7 @@ def _read_step(directory: str, step: int) -> Step:
       meta = manager.restore(
         step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
       ).meta
-    except (KeyError, ValueError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - Orbax raises bare Exceptions.
       raise CheckpointError(
         f'{os.path.join(directory, str(step))}: not a readable training '
         f'checkpoint ({_first_line(e)})'
@@ -564,7 +564,7 @@ def restore_params(step: Step, target: Any) -> Any:
           )
         ),
       )
-    except (KeyError, ValueError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - Orbax raises bare Exceptions.
       raise CheckpointError(
         f'{step.path}: its params do not restore as the recorded model '
         f'({_first_line(e)})'

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import tensorflow_datasets as tfds
 from absl import flags, logging
 
-from data_pipeline import documents
+from data_pipeline import cli, documents
 
 DATASET_VERSION = '1.0.0'
 # TFDS dataset names: lower snake case.
@@ -87,7 +87,7 @@ def create_builder(
   Its `download_and_prepare()` writes the dataset and fills `builder.stats`.
   """
   if not _NAME_RE.match(name):
-    raise ValueError(f'--name must be lower snake case, not {name!r}')
+    raise cli.UsageError(f'--name must be lower snake case, not {name!r}')
   # A subclass per name: TFDS takes the dataset name from the class.
   cls = types.new_class(
     'TextDocuments_' + name,
@@ -139,7 +139,7 @@ def builder_from_flags(
   del argv
   fv = flag_values
   if not fv.input_files or not fv.data_dir:
-    raise ValueError('--input_files and --data_dir are required')
+    raise cli.UsageError('--input_files and --data_dir are required')
   options = documents.ReadOptions(
     input_format=fv.input_format,
     text_field=fv.text_field,

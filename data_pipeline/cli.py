@@ -3,11 +3,11 @@
 A mistake in what a user gave (a flag, a file, a config, a checkpoint) gets
 one line naming it, `prog: error: ...`, and exit status 2, not a traceback;
 a run stopped by SIGTERM after saving exits with 75 (`Preempted`).
-Library code raises domain errors, each a `ValueError` (bad content) or an
-`OSError` (a missing or unreadable file), whose message names the problem;
-only a command's `__main__` turns them into that line, through `run`. Other
-exceptions are bugs and keep their traceback; BERTJAX_TRACEBACK=1 shows the
-traceback of a user error too.
+Library code raises its own error classes (`ValueError`s for bad content,
+`OSError`s for files), whose message names the problem; only a command's
+`__main__` turns them into that line, through `run` (`is_user_error` says
+which are). Other exceptions are bugs and keep their traceback;
+BERTJAX_TRACEBACK=1 shows the traceback of a user error too.
 
 This lives in `data_pipeline` because its commands and `bertjax`'s share it
 and `data_pipeline` imports nothing from `bertjax`.
@@ -27,9 +27,48 @@ from absl import app, flags, logging
 PREEMPTED_STATUS = 75
 
 
+class UsageError(ValueError):
+  """A command's flags used wrongly: one missing, or two that conflict."""
+
+
 class Preempted(Exception):
   """A command stopped early because it was asked to (SIGTERM), after
   saving its work; `run` exits with `PREEMPTED_STATUS`."""
+
+
+# TensorFlow's file system errors (tf.io.gfile, tf.data readers): a path
+# that is missing, unreadable, a file where a directory must be, a full
+# disk, a torn file. Named, not imported: TF loads slowly.
+_TF_FILE_ERRORS = frozenset(
+  {
+    'NotFoundError',
+    'PermissionDeniedError',
+    'FailedPreconditionError',
+    'AlreadyExistsError',
+    'ResourceExhaustedError',
+    'DataLossError',
+  }
+)
+
+
+def is_user_error(error: BaseException) -> bool:
+  """Whether `error` is about what the user gave, shown as one line: the
+  library's own error classes (those of `bertjax` and `data_pipeline`),
+  and the operating system or TensorFlow refusing a path. Anything else,
+  a ValueError from deep in JAX included, is a bug: its traceback shows."""
+  kind = type(error)
+  module = kind.__module__
+  if module == '__main__':  # A class of the command run as `python -m`.
+    spec = getattr(sys.modules['__main__'], '__spec__', None)
+    module = spec.name if spec else module
+  if module.split('.')[0] in ('bertjax', 'data_pipeline', 'configs'):
+    return True
+  if isinstance(error, OSError):
+    return True
+  return (
+    kind.__module__ == 'tensorflow.python.framework.errors_impl'
+    and kind.__name__ in _TF_FILE_ERRORS
+  )
 
 
 def program_name() -> str:
@@ -99,15 +138,15 @@ def run(
     logging.get_absl_handler().addFilter(_QuietLibraries())
     try:
       if len(argv) > 1:
-        raise ValueError(f'unexpected arguments: {" ".join(argv[1:])}')
+        raise UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
       main(argv)
-    except (ValueError, OSError) as e:
-      if os.environ.get('BERTJAX_TRACEBACK'):
-        raise
-      fail(str(e) or type(e).__name__, at_once=True)
     except Preempted as e:
       print(f'{program_name()}: {e}', file=sys.stderr)
       sys.exit(PREEMPTED_STATUS)
+    except Exception as e:
+      if not is_user_error(e) or os.environ.get('BERTJAX_TRACEBACK'):
+        raise
+      fail(str(e) or type(e).__name__, at_once=True)
 
   app.run(checked, flags_parser=flags_parser)
 

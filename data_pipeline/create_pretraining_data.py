@@ -31,7 +31,13 @@ if __name__ == '__main__':
 
 from absl import flags, logging  # noqa: E402
 
-from data_pipeline import documents, examples, records, tokenizers  # noqa: E402
+from data_pipeline import (  # noqa: E402
+  cli,
+  documents,
+  examples,
+  records,
+  tokenizers,
+)
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -152,9 +158,9 @@ def main(
   del argv
   fv = flag_values
   if not fv.output_dir or not fv.tokenizer:
-    raise ValueError('--output_dir and --tokenizer are required')
+    raise cli.UsageError('--output_dir and --tokenizer are required')
   if bool(fv.input_files) == bool(fv.tfds_name):
-    raise ValueError('give exactly one of --input_files and --tfds_name')
+    raise cli.UsageError('give exactly one of --input_files and --tfds_name')
   config = records.CreationConfig(
     max_seq_length=fv.max_seq_length,
     short_seq_prob=fv.short_seq_prob,

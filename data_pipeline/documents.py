@@ -143,11 +143,11 @@ class ReadOptions:
 
   def __post_init__(self):
     if self.input_format not in FORMATS:
-      raise ValueError(
+      raise InputError(
         f'input_format must be one of {FORMATS}, not {self.input_format!r}'
       )
     if self.invalid_utf8 not in ('replace', 'skip'):
-      raise ValueError(
+      raise InputError(
         f"invalid_utf8 must be 'replace' or 'skip', not {self.invalid_utf8!r}"
       )
 
@@ -511,8 +511,9 @@ def get_format(path: str, options: ReadOptions) -> str:
 
 
 class InputError(ValueError):
-  """Input files of the wrong kind: TFRecords where text goes, or bytes
-  that are neither."""
+  """Input that cannot be read as asked: files of the wrong kind (TFRecords
+  where text goes, bytes that are neither), or reading options that do not
+  exist."""
 
 
 # What bertjax's own writers name a file they have not finished (records
@@ -685,7 +686,7 @@ def read_tfds_documents(
   except AssertionError as e:  # How TFDS reports a dataset not prepared.
     raise FileNotFoundError(f'TFDS dataset {name}: {e}') from e
   if text_field not in ds.element_spec:
-    raise ValueError(
+    raise InputError(
       f'{name} has no feature {text_field!r}: it has {sorted(ds.element_spec)}'
     )
   options = ReadOptions(max_document_chars=max_document_chars)

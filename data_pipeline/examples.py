@@ -381,6 +381,10 @@ _DECISION_STREAM = 1 << 24
 _TOKEN_STREAM = 1 << 25
 
 
+class MaskingError(ValueError):
+  """Masking settings that cannot work."""
+
+
 @dataclasses.dataclass(frozen=True)
 class MaskingConfig:
   """Options of MLM masking, with the defaults of the original BERT.
@@ -404,14 +408,16 @@ class MaskingConfig:
 
   def __post_init__(self):
     if not 0.0 <= self.masked_lm_prob <= 1.0:
-      raise ValueError(f'masked_lm_prob={self.masked_lm_prob} not in [0, 1]')
+      raise MaskingError(f'masked_lm_prob={self.masked_lm_prob} not in [0, 1]')
     if self.max_predictions_per_seq < 1:
-      raise ValueError(
+      raise MaskingError(
         f'max_predictions_per_seq={self.max_predictions_per_seq} < 1'
       )
     probs = (self.mask_token_prob, self.random_token_prob, self.keep_token_prob)
     if min(probs) < 0 or abs(sum(probs) - 1.0) > 1e-6:
-      raise ValueError(f'mask/random/keep probabilities {probs} must sum to 1')
+      raise MaskingError(
+        f'mask/random/keep probabilities {probs} must sum to 1'
+      )
 
 
 def _lowbias32(x: tf.Tensor) -> tf.Tensor:

@@ -52,6 +52,10 @@ _TOKENIZE_BATCH = 4096
 _EXAMPLE_BATCH = 4096
 
 
+class CreationError(ValueError):
+  """Settings of example creation that cannot work."""
+
+
 @dataclasses.dataclass(frozen=True)
 class CreationConfig:
   """What examples to create; the defaults are the original BERT's.
@@ -83,15 +87,15 @@ class CreationConfig:
 
   def __post_init__(self):
     if self.max_seq_length < 5:
-      raise ValueError(f'max_seq_length={self.max_seq_length} < 5')
+      raise CreationError(f'max_seq_length={self.max_seq_length} < 5')
     if not 0.0 <= self.short_seq_prob <= 1.0:
-      raise ValueError(f'short_seq_prob={self.short_seq_prob} not in [0, 1]')
+      raise CreationError(f'short_seq_prob={self.short_seq_prob} not in [0, 1]')
     if not 0.0 <= self.eval_fraction < 1.0:
-      raise ValueError(f'eval_fraction={self.eval_fraction} not in [0, 1)')
+      raise CreationError(f'eval_fraction={self.eval_fraction} not in [0, 1)')
     if self.dupe_factor < 1:
-      raise ValueError(f'dupe_factor={self.dupe_factor} < 1')
+      raise CreationError(f'dupe_factor={self.dupe_factor} < 1')
     if not 0 <= self.seed < 2**63:
-      raise ValueError(f'seed={self.seed} not in [0, 2**63)')
+      raise CreationError(f'seed={self.seed} not in [0, 2**63)')
 
   def dupes(self, split: str) -> int:
     """Copies made of each document of `split`."""
@@ -546,7 +550,7 @@ class OutputOptions:
 
   def __post_init__(self):
     if min(self.num_shards, self.num_eval_shards, self.num_workers) < 1:
-      raise ValueError(
+      raise CreationError(
         f'num_shards ({self.num_shards}), num_eval_shards '
         f'({self.num_eval_shards}) and num_workers ({self.num_workers}) '
         'must be >= 1'
@@ -925,7 +929,7 @@ def prepare_data(
   tokenizer_path = data.tokenizer
   if records:
     if not tokenizer_path:
-      raise ValueError(
+      raise documents.InputError(
         'data.tokenizer is required with TFRecord inputs (the vocabulary '
         'the records were made with)'
       )

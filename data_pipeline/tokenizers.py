@@ -521,7 +521,7 @@ def create_tokenizer(
     path = os.path.join(path, 'vocab.txt')
   if path.endswith('.model'):
     if do_lower_case is not None:
-      raise ValueError(
+      raise VocabError(
         f'{path}: do_lower_case applies to WordPiece vocabs; a SentencePiece '
         'model carries its own normalisation'
       )

@@ -636,3 +636,39 @@ def test_a_sharded_index_cannot_point_outside_its_model(tmp_path):
   )
   with pytest.raises(model.WeightsError, match='lists a shard outside it'):
     pretrained.load(str(target))
+
+
+# ---------------------------------------------------------------------------
+# Which errors are the user's.
+
+
+def test_user_errors_are_the_librarys_own_and_the_file_systems():
+  import tensorflow as tf
+
+  from bertjax import model, sharding
+  from data_pipeline import cli, examples
+
+  ours = [
+    model.ConfigError('x'),
+    workdir.CheckpointError('x'),
+    sharding.MeshError('x'),
+    examples.MaskingError('x'),
+    cli.UsageError('x'),
+    documents.InputError('x'),
+    files.LockedError('x'),
+  ]
+  file_system = [
+    FileNotFoundError(2, 'No such file', 'x'),
+    PermissionError('x'),
+    tf.errors.NotFoundError(None, None, 'x'),
+    tf.errors.FailedPreconditionError(None, None, 'x is not a directory'),
+  ]
+  bugs = [
+    ValueError('Dimension -8 must be >= 0'),  # What JAX said of batch -8.
+    KeyError('params'),
+    TypeError('x'),
+    tf.errors.InvalidArgumentError(None, None, 'x'),
+    Exception('x'),
+  ]
+  assert all(cli.is_user_error(e) for e in ours + file_system)
+  assert not any(cli.is_user_error(e) for e in bugs)

@@ -36,7 +36,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
-from absl import logging
 
 from bertjax import google, hf, model, workdir
 from data_pipeline import corpora, files
@@ -253,11 +252,7 @@ def _load_step(step: workdir.Step, overrides, shardings):
     lambda target: workdir.restore_params(step, target),
     head_of_step(step),
   )
-  tokenizer = step.meta.get('tokenizer')
-  if tokenizer and not os.path.isfile(tokenizer) and '://' not in tokenizer:
-    logging.warning('%s: its tokenizer %s is gone', step.path, tokenizer)
-    tokenizer = None
-  return config, params, tokenizer
+  return config, params, workdir.tokenizer_of(step)
 
 
 def head_of_step(step: workdir.Step) -> model.Head:

@@ -661,7 +661,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir_path: str) -> dict:
     meta=dict(
       config=json.loads(config.to_json_best_effort()),
       model=bert_config.to_dict(),
-      tokenizer=os.path.abspath(tokenizer.path),
+      tokenizer=workdir.keep_tokenizer(workdir_path, tokenizer.path),
       head=head.to_dict(),
       task=task,
     ),

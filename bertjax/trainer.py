@@ -746,7 +746,7 @@ def _train_and_evaluate(
     meta=dict(
       config=json.loads(config.to_json_best_effort()),
       model=bert_config.to_dict(),
-      tokenizer=tokenizer if '://' in tokenizer else os.path.abspath(tokenizer),
+      tokenizer=workdir.keep_tokenizer(workdir_path, tokenizer),
     ),
   )
   try:

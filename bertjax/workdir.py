@@ -11,6 +11,8 @@ A workdir holds
                         with its metrics; the workdir's model wherever
                         bertjax takes one
   damaged/<step>/       steps that did not restore, set aside (kept)
+  tokenizer/            the run's vocabulary or SentencePiece model, copied
+                        in, so the workdir is a model on its own
   metrics.jsonl         one JSON object per metric write: `step` and names
   .lock                 held by the run using the workdir (`claim`)
   tb/                   the same metrics as TensorBoard event files
@@ -54,6 +56,7 @@ from data_pipeline import files
 CHECKPOINTS_DIR = 'checkpoints'
 BEST_DIR = 'best'
 DAMAGED_DIR = 'damaged'
+TOKENIZER_DIR = 'tokenizer'
 METRICS_FILE = 'metrics.jsonl'
 CURVES_FILE = 'learning_curves.png'
 LOCK_FILE = '.lock'
@@ -431,6 +434,53 @@ class Preemption:
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+
+
+def keep_tokenizer(workdir: str, path: str) -> str:
+  """Copies a run's tokenizer file into `<workdir>/tokenizer/` (process 0,
+  once) and returns the name checkpoints record, relative to the workdir:
+  a workdir copied to another machine, or outliving the cache its
+  vocabulary was made in, still has it."""
+  name = f'{TOKENIZER_DIR}/{os.path.basename(path)}'
+  target = epath.Path(workdir) / name
+  source = epath.Path(path)
+  if jax.process_index() == 0 and not (
+    target.exists() and target.read_bytes() == source.read_bytes()
+  ):
+    if files.is_local(os.fspath(target)):
+      with files.replacing_path(os.fspath(target)) as tmp:
+        shutil.copyfile(path, tmp)
+    else:
+      target.parent.mkdir(parents=True, exist_ok=True)
+      source.copy(target, overwrite=True)
+  return name
+
+
+def tokenizer_of(step: 'Step') -> str | None:
+  """The tokenizer file a step records, inside its workdir (None when it
+  records none, or the file is gone).
+
+  Raises:
+    CheckpointError: a recorded name that leads out of the workdir.
+  """
+  recorded = step.meta.get('tokenizer')
+  if not recorded:
+    return None
+  if os.path.isabs(recorded) or '://' in recorded:
+    path = recorded  # Recorded by bertjax before it kept a copy.
+  else:
+    run = os.path.dirname(os.path.abspath(step.directory))
+    path = os.path.join(run, recorded)
+    if os.path.commonpath([os.path.realpath(run), os.path.realpath(path)]) != (
+      os.path.realpath(run)
+    ):
+      raise CheckpointError(
+        f'{step.path}: its tokenizer {recorded!r} is outside the workdir'
+      )
+  if '://' not in path and not os.path.isfile(path):
+    logging.warning('%s: its tokenizer %s is gone', step.path, path)
+    return None
+  return path
 
 
 # ---------------------------------------------------------------------------

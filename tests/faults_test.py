@@ -8,6 +8,7 @@ was lost or silently changed.
 import hashlib
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -244,35 +245,27 @@ def test_two_first_preparations_of_one_cache_agree(tmp_path):
 
 @pytest.mark.network
 def test_metrics_survive_a_torn_line_and_a_resume_from_an_older_step(
-  tmp_path,
+  four_steps, tmp_path
 ):
   """A run wrote step 4's metrics, then died mid-way through another write
   before step 4's checkpoint was committed. The resumed run skips the torn
   line, drops the records past the step it restores (2) and writes 3 and 4
   once, as they were."""
-  config = _config(
-    num_train_steps=4,
-    checkpoint_every_steps=2,
-    keep_checkpoints=5,
-    log_every_steps=1,
-  )
-  trainer.train_and_evaluate(config, str(tmp_path))
-  before = workdir.read_metrics(str(tmp_path))
-  shutil.rmtree(tmp_path / 'checkpoints' / '4')
-  with open(tmp_path / workdir.METRICS_FILE, 'a', encoding='utf-8') as f:
+  config, source = four_steps
+  run = tmp_path / 'run'
+  shutil.copytree(source, run)
+  before = workdir.read_metrics(str(run))
+  shutil.rmtree(run / 'checkpoints' / '4')
+  with open(run / workdir.METRICS_FILE, 'a', encoding='utf-8') as f:
     f.write('{"step": 5, "train/lo')
-  (tmp_path / workdir.CURVES_FILE).unlink()
-  trainer.train_and_evaluate(config, str(tmp_path))
-  after = workdir.read_metrics(str(tmp_path))
-  lines = (tmp_path / workdir.METRICS_FILE).read_text().splitlines()
+  (run / workdir.CURVES_FILE).unlink()
+  trainer.train_and_evaluate(config, str(run))
+  after = workdir.read_metrics(str(run))
+  lines = (run / workdir.METRICS_FILE).read_text().splitlines()
   assert len(lines) == len(after) == len(before)
-
-  def losses(records):
-    return [(r['step'], r['train/loss']) for r in records if 'train/loss' in r]
-
-  assert [step for step, _ in losses(after)] == [1, 2, 3, 4]
-  assert losses(after) == losses(before)
-  assert (tmp_path / workdir.CURVES_FILE).stat().st_size > 0
+  assert [s for s, _ in _train_losses(run).items()] == [1, 2, 3, 4]
+  assert _train_losses(run) == _train_losses(source)
+  assert (run / workdir.CURVES_FILE).stat().st_size > 0
 
 
 # ---------------------------------------------------------------------------
@@ -672,3 +665,135 @@ def test_user_errors_are_the_librarys_own_and_the_file_systems():
   ]
   assert all(cli.is_user_error(e) for e in ours + file_system)
   assert not any(cli.is_user_error(e) for e in bugs)
+
+
+# ---------------------------------------------------------------------------
+# kill -9 at random points.
+
+
+def _kill_after(command, delay_s, ready=None, env=None):
+  """Starts `command`, waits until `ready()` (if given) then `delay_s`
+  more, and kills it with SIGKILL (if it has not finished by then)."""
+  proc = subprocess.Popen(
+    command,
+    cwd=ROOT,
+    env=env or _env(),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
+  try:
+    while ready is not None and not ready():
+      assert proc.poll() is None, 'ended before it was ready'
+      time.sleep(0.05)
+    time.sleep(delay_s)
+  finally:
+    proc.kill()
+    proc.wait()
+
+
+@pytest.mark.network
+def test_kill_9_mid_save_resumes_to_the_same_losses(four_steps, tmp_path):
+  """Killed at a random moment while it saves every step, a run restarted
+  with the same command ends with the losses of a run never killed (the
+  fixture's, made in this process on the same 8 devices)."""
+  _, reference = four_steps
+  env = {**_env(), 'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+  run = tmp_path / 'run'
+  checkpoints = run / 'checkpoints'
+  command = _train_cmd(
+    run,
+    '--config.num_train_steps=4',
+    '--config.log_every_steps=1',
+    '--config.checkpoint_every_steps=1',
+  )
+  _kill_after(
+    command,
+    random.Random(0).uniform(0.0, 0.8),
+    ready=lambda: checkpoints.is_dir() and '1' in os.listdir(checkpoints),
+    env=env,
+  )
+  result = subprocess.run(
+    command, cwd=ROOT, env=env, capture_output=True, text=True
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert _train_losses(run) == _train_losses(reference)
+
+
+@pytest.mark.network
+def test_kill_9_during_create_pretraining_data_leaves_no_torn_shard(
+  news_records, tmp_path
+):
+  """Killed at random moments, the tool leaves no shard that looks whole
+  and is not; run again, it writes what an uninterrupted run writes."""
+  text, prepared = news_records
+
+  def create(out):
+    return [
+      *_create_cmd(text, out, prepared.tokenizer_path),
+      '--num_shards=3',
+      '--dupe_factor=2',
+    ]
+
+  reference = tmp_path / 'reference'
+  assert subprocess.run(create(reference), cwd=ROOT, env=_env()).returncode == 0
+  expected = _tree_checksums(reference)
+  del expected['stats.json']  # It records the speed.
+  out = tmp_path / 'out'
+  for delay in random.Random(1).sample([x / 10 for x in range(5, 60)], 2):
+    _kill_after(create(out), delay)
+    if out.is_dir():
+      for name, digest in _tree_checksums(out).items():
+        if not name.endswith('.incomplete') and name != 'stats.json':
+          assert digest == expected[name], (delay, name)
+  assert subprocess.run(create(out), cwd=ROOT, env=_env()).returncode == 0
+  written = _tree_checksums(out)
+  del written['stats.json']
+  assert written == expected
+
+
+@pytest.mark.network
+def test_kill_9_during_an_hf_export_leaves_a_whole_model_or_none(
+  four_steps, tmp_path
+):
+  """A directory with config.json is the whole model; weights only ever
+  appear whole."""
+  _, source = four_steps
+
+  def convert(target):
+    return [
+      sys.executable,
+      '-m',
+      'bertjax.convert',
+      f'--from={source}',
+      f'--to={target}',
+      '--to_format=hf',
+    ]
+
+  complete = tmp_path / 'complete'
+  assert subprocess.run(convert(complete), cwd=ROOT, env=_env()).returncode == 0
+  weights = (complete / 'model.safetensors').read_bytes()
+  expected = pretrained.load(str(complete))[1]
+  for i, delay in enumerate(random.Random(2).sample([0.5, 1, 2, 3, 4, 6], 2)):
+    target = tmp_path / f'killed{i}'
+    _kill_after(convert(target), delay)
+    if (target / 'model.safetensors').exists():
+      assert (target / 'model.safetensors').read_bytes() == weights, delay
+    if (target / 'config.json').exists():
+      loaded = pretrained.load(str(target))[1]
+      assert jax.tree.all(jax.tree.map(np.array_equal, loaded, expected))
+
+
+def test_a_workdir_keeps_its_tokenizer_inside_it(four_steps, tmp_path):
+  """Moved elsewhere, a workdir still has its tokenizer; a recorded name
+  that leads out of it is refused."""
+  _, source = four_steps
+  moved = tmp_path / 'moved'
+  shutil.copytree(source, moved)
+  tokenizer = pretrained.load(str(moved))[2]
+  assert os.path.dirname(tokenizer) == str(moved / 'tokenizer')
+  for meta in (moved / 'checkpoints').glob('*/meta/metadata'):
+    record = json.loads(meta.read_text())
+    record['tokenizer'] = '../../../../etc/passwd'
+    meta.write_text(json.dumps(record))
+  with pytest.raises(workdir.CheckpointError, match='outside the workdir'):
+    pretrained.load(str(moved))

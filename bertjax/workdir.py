@@ -441,15 +441,17 @@ def keep_tokenizer(workdir: str, path: str) -> str:
   once) and returns the name checkpoints record, relative to the workdir:
   a workdir copied to another machine, or outliving the cache its
   vocabulary was made in, still has it."""
-  name = f'{TOKENIZER_DIR}/{os.path.basename(path)}'
-  target = epath.Path(workdir) / name
   source = epath.Path(path)
+  if source.is_dir():  # A model directory: its WordPiece vocabulary.
+    source = source / 'vocab.txt'
+  name = f'{TOKENIZER_DIR}/{source.name}'
+  target = epath.Path(workdir) / name
   if jax.process_index() == 0 and not (
     target.exists() and target.read_bytes() == source.read_bytes()
   ):
     if files.is_local(os.fspath(target)):
       with files.replacing_path(os.fspath(target)) as tmp:
-        shutil.copyfile(path, tmp)
+        shutil.copyfile(os.fspath(source), tmp)
     else:
       target.parent.mkdir(parents=True, exist_ok=True)
       source.copy(target, overwrite=True)

@@ -139,7 +139,13 @@ class TrainingTest:
     # The workdir is a model: its params alone (no optimizer state) start
     # another run, as phase 2 starts from phase 1.
     _, params, tokenizer = pretrained.load(str(tmp_path))
-    assert tokenizer == demo_data.tokenizer_path
+    # Its tokenizer is the run's, kept inside the workdir.
+    assert os.path.dirname(tokenizer) == str(tmp_path / 'tokenizer')
+    with (
+      open(tokenizer, 'rb') as kept,
+      open(demo_data.tokenizer_path, 'rb') as f,
+    ):
+      assert kept.read() == f.read()
     with ocp.StandardCheckpointer() as reader:
       saved = reader.restore(tmp_path / 'checkpoints' / '300' / 'state')
     jax.tree.map(np.testing.assert_array_equal, params, saved['params'])

@@ -39,11 +39,10 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from etils import epath
 from jax.experimental import multihost_utils
 
 from bertjax import hf, metrics, model, pretrained, sharding, trainer, workdir
-from data_pipeline import task_data, tokenizers
+from data_pipeline import files, task_data, tokenizers
 
 PREDICTIONS_FILE = 'eval_predictions.jsonl'
 HEAD_KINDS = {
@@ -781,11 +780,9 @@ _METRIC_NAMES = {
 
 def write_jsonl(path: str, records: Sequence[Mapping[str, Any]]) -> None:
   """Writes one JSON object per line, replacing `path` only when whole."""
-  tmp = epath.Path(path + '.tmp')
-  with tmp.open('w') as f:
+  with files.replacing(path) as f:
     for record in records:
       f.write(json.dumps(record, ensure_ascii=False) + '\n')
-  tmp.replace(path)
 
 
 # ---------------------------------------------------------------------------

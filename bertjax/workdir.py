@@ -468,7 +468,7 @@ def tokenizer_of(step: 'Step') -> str | None:
   recorded = step.meta.get('tokenizer')
   if not recorded:
     return None
-  if os.path.isabs(recorded) or '://' in recorded:
+  if os.path.isabs(recorded) or not files.is_local(recorded):
     path = recorded  # Recorded by bertjax before it kept a copy.
   else:
     run = os.path.dirname(os.path.abspath(step.directory))
@@ -479,7 +479,7 @@ def tokenizer_of(step: 'Step') -> str | None:
       raise CheckpointError(
         f'{step.path}: its tokenizer {recorded!r} is outside the workdir'
       )
-  if '://' not in path and not os.path.isfile(path):
+  if files.is_local(path) and not os.path.isfile(path):
     logging.warning('%s: its tokenizer %s is gone', step.path, path)
     return None
   return path

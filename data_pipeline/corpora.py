@@ -54,6 +54,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 from absl import flags, logging
 
+from data_pipeline import files
+
 DEFAULT_INDEX_URL = 'https://pypi.org/simple/'
 # Seconds without progress before a download is abandoned.
 _TIMEOUT_S = 60
@@ -308,21 +310,12 @@ def _sha256_file(path: pathlib.Path) -> str:
 
 def _write_atomic(path: pathlib.Path, data: bytes | typing.BinaryIO) -> int:
   """Writes bytes or a file's rest to `path` atomically; returns the size."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, name = tempfile.mkstemp(dir=path.parent, prefix='.partial-')
-  try:
-    os.fchmod(fd, _FILE_MODE)
-    with os.fdopen(fd, 'wb') as f:
-      if isinstance(data, bytes):
-        f.write(data)
-      else:
-        shutil.copyfileobj(data, f, _CHUNK)
-      size = f.tell()
-    os.replace(name, path)
-  except BaseException:
-    pathlib.Path(name).unlink(missing_ok=True)
-    raise
-  return size
+  with files.replacing(os.fspath(path), 'wb') as f:
+    if isinstance(data, bytes):
+      f.write(data)
+    else:
+      shutil.copyfileobj(data, f, _CHUNK)
+    return f.tell()
 
 
 def _manifest_matches(out_dir: pathlib.Path, corpus: Corpus) -> bool:

@@ -76,24 +76,9 @@ def replacing(path: str, mode: str = 'w') -> Iterator[IO]:
     with tf.io.gfile.GFile(path, mode) as f:
       yield f
     return
-  directory = directory or '.'
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(
-    dir=directory, prefix=f'.{os.path.basename(path)}.', suffix='.partial'
-  )
-  try:
-    # mkstemp's 0600 would make the file private to its writer.
-    os.fchmod(fd, _file_mode())
-    encoding = None if 'b' in mode else 'utf-8'
-    with os.fdopen(fd, mode, encoding=encoding) as f:
+  with replacing_path(path) as tmp:
+    with open(tmp, mode, encoding=None if 'b' in mode else 'utf-8') as f:
       yield f
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(OSError):
-      os.unlink(tmp)
-    raise
 
 
 @contextlib.contextmanager
@@ -109,6 +94,7 @@ def replacing_path(path: str) -> Iterator[str]:
   os.close(fd)
   try:
     yield tmp
+    # mkstemp's 0600 would make the file private to its writer.
     os.chmod(tmp, _file_mode())
     with open(tmp, 'rb') as f:
       os.fsync(f.fileno())

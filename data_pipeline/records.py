@@ -805,14 +805,10 @@ def _train_vocab(text_paths, vocab_size, do_lower_case, out_dir) -> str:
       return path
     logging.info('Training a %d-token WordPiece vocabulary', vocab_size)
     lines = (line for line in tokenizers.read_text_lines(text_paths) if line)
-    written = tokenizers.train_wordpiece(
-      lines,
-      os.path.join(out_dir, 'tmp', 'wordpiece'),
-      vocab_size,
-      do_lower_case=do_lower_case,
+    # Written whole (`files.write_atomic`): no half vocabulary is found.
+    return tokenizers.train_wordpiece(
+      lines, os.path.join(out_dir, 'wordpiece'), vocab_size, do_lower_case
     )
-    tf.io.gfile.rename(written, path, overwrite=True)
-  return path
 
 
 def _create_run_records(text_paths, tokenizer_path, data, max_seq_length, out):

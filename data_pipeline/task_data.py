@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from data_pipeline import files
+
 KINDS = ('classification', 'regression', 'tagging', 'qa')
 # Shortest padded length of a batch: shorter shapes save little and each
 # costs a compilation.
@@ -547,13 +549,11 @@ def demo_files(name: str, cache_dir: str | None = None) -> tuple[str, str]:
     (held_out, rows[::5]),
     (train, [r for i, r in enumerate(rows) if i % 5]),
   ):
-    tmp = path.with_suffix('.tmp')
-    with open(tmp, 'w', encoding='utf-8', newline='') as f:
+    # Replaced when complete: a half-written file is never taken as data.
+    with files.replacing(os.fspath(path)) as f:
       writer = csv.writer(f)
       writer.writerow(['text', 'label'])
       writer.writerows(part)
-    # Renamed when complete: a half-written file is never taken as data.
-    os.replace(tmp, path)
   return os.fspath(train), os.fspath(held_out)
 
 

@@ -618,12 +618,15 @@ class BertForPreTraining(nn.Module):
     )
 
 
-class BertForSequenceClassification(nn.Module):
-  """Pooled `[CLS]` -> dropout -> dense: a label per text (or text pair);
-  with `num_labels=1`, a regression score."""
+class _FineTuned(nn.Module):
+  """The encoder and one task's output layer (`outputs`), laid out as
+  transformers' class of the same name (`bert`, then the head's params)."""
 
   config: BertConfig
   num_labels: int
+  # Only sentence-level heads read the pooled `[CLS]`; the others have no
+  # pooler, as in transformers.
+  uses_pooler: ClassVar[bool] = False
 
   @nn.compact
   def __call__(
@@ -633,68 +636,52 @@ class BertForSequenceClassification(nn.Module):
     segment_ids: jax.Array | None = None,
     deterministic: bool = True,
   ) -> dict[str, jax.Array]:
-    """Inputs as `BertModel`; returns float32 `logits` `[batch,
-    num_labels]`."""
+    """Inputs as `BertModel`; returns the head's float32 logits."""
+    sequence, pooled = BertModel(
+      self.config, add_pooling_layer=self.uses_pooler, name='bert'
+    )(input_ids, input_mask, segment_ids, deterministic)
+    return self.outputs(sequence, pooled, deterministic)
+
+  def outputs(self, sequence, pooled, deterministic) -> dict[str, jax.Array]:
+    raise NotImplementedError
+
+  def _classify(self, x: jax.Array, deterministic: bool) -> jax.Array:
+    """Dropout -> dense to `num_labels`, in float32."""
     c = self.config
-    _, pooled = BertModel(c, name='bert')(
-      input_ids, input_mask, segment_ids, deterministic
-    )
-    pooled = nn.Dropout(c.hidden_dropout_prob)(pooled, deterministic)
-    logits = _dense(c, self.num_labels, (EMBED, CLASSES), name='classifier')(
-      pooled
-    )
-    return dict(logits=logits.astype(jnp.float32))
+    x = nn.Dropout(c.hidden_dropout_prob)(x, deterministic)
+    dense = _dense(c, self.num_labels, (EMBED, CLASSES), name='classifier')
+    return dense(x).astype(jnp.float32)
 
 
-class BertForTokenClassification(nn.Module):
-  """Every token's final state -> dropout -> dense: a label per token."""
+class BertForSequenceClassification(_FineTuned):
+  """Pooled `[CLS]` -> dropout -> dense: `logits` `[batch, num_labels]`, a
+  label per text (or text pair); with `num_labels=1`, a regression score."""
 
-  config: BertConfig
-  num_labels: int
+  uses_pooler: ClassVar[bool] = True
 
-  @nn.compact
-  def __call__(
-    self,
-    input_ids: jax.Array,
-    input_mask: jax.Array | None = None,
-    segment_ids: jax.Array | None = None,
-    deterministic: bool = True,
-  ) -> dict[str, jax.Array]:
-    """Inputs as `BertModel`; returns float32 `logits` `[batch, seq_len,
-    num_labels]`."""
-    c = self.config
-    sequence, _ = BertModel(c, add_pooling_layer=False, name='bert')(
-      input_ids, input_mask, segment_ids, deterministic
-    )
-    sequence = nn.Dropout(c.hidden_dropout_prob)(sequence, deterministic)
-    logits = _dense(c, self.num_labels, (EMBED, CLASSES), name='classifier')(
-      sequence
-    )
-    return dict(logits=logits.astype(jnp.float32))
+  def outputs(self, sequence, pooled, deterministic):
+    return dict(logits=self._classify(pooled, deterministic))
 
 
-class BertForQuestionAnswering(nn.Module):
-  """Every token's final state -> dense to 2: answer start and end scores."""
+class BertForTokenClassification(_FineTuned):
+  """Every token's final state -> dropout -> dense: `logits` `[batch,
+  seq_len, num_labels]`, a label per token."""
 
-  config: BertConfig
+  def outputs(self, sequence, pooled, deterministic):
+    return dict(logits=self._classify(sequence, deterministic))
+
+
+class BertForQuestionAnswering(_FineTuned):
+  """Every token's final state -> dense to 2: `start_logits` and
+  `end_logits`, each `[batch, seq_len]`, the answer's start and end
+  scores."""
+
   num_labels: int = 2  # start and end; a Head's field, fixed here
 
-  @nn.compact
-  def __call__(
-    self,
-    input_ids: jax.Array,
-    input_mask: jax.Array | None = None,
-    segment_ids: jax.Array | None = None,
-    deterministic: bool = True,
-  ) -> dict[str, jax.Array]:
-    """Inputs as `BertModel`; returns float32 `start_logits` and
-    `end_logits`, each `[batch, seq_len]`."""
-    c = self.config
-    sequence, _ = BertModel(c, add_pooling_layer=False, name='bert')(
-      input_ids, input_mask, segment_ids, deterministic
-    )
-    logits = _dense(c, 2, (EMBED, CLASSES), name='qa_outputs')(sequence)
-    logits = logits.astype(jnp.float32)
+  def outputs(self, sequence, pooled, deterministic):
+    del pooled, deterministic  # No dropout here, as in transformers.
+    logits = _dense(self.config, 2, (EMBED, CLASSES), name='qa_outputs')
+    logits = logits(sequence).astype(jnp.float32)
     return dict(start_logits=logits[..., 0], end_logits=logits[..., 1])
 
 

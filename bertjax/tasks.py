@@ -567,8 +567,6 @@ def _finetune(config: ml_collections.ConfigDict, workdir_path: str) -> dict:
       f'{", ".join(_METRIC_NAMES[kind])} for {kind}'
     )
   best_metric = 'eval/' + (config.best_metric or DEFAULT_BEST_METRIC[kind])
-  mesh = sharding.create_mesh(tuple(config.mesh.shape))
-  rules = sharding.default_logical_axis_rules(config.mesh.extra_rules)
   train_examples, eval_examples, columns, order = _read_data(config, None)
   labels = task_data.label_names(train_examples, kind)
   if order and kind != 'regression':
@@ -626,12 +624,12 @@ def _finetune(config: ml_collections.ConfigDict, workdir_path: str) -> dict:
   )
   steps_per_epoch = -(-len(train_features) // config.batch_size)
   run = derive_run_config(config, steps_per_epoch)
-  shape = trainer.compute_run_shape(run, mesh)
+  shape = trainer.compute_run_shape(run)
   tx, schedule = trainer.create_optimizer(run)
   module = model.create_model(bert_config, head)
   objective = OBJECTIVES[kind](module)
   state, state_shardings = trainer.create_train_state(
-    module, tx, mesh, rules, init_rng, params
+    module, tx, shape.mesh, shape.rules, init_rng, params
   )
   del params
   train_iter = task_data.TrainBatches(
@@ -666,29 +664,10 @@ def _finetune(config: ml_collections.ConfigDict, workdir_path: str) -> dict:
     ),
     keep_best=True,
   )
-  best: dict[str, float] = {}
+  # What best/ holds (a resumed run's, or none): a new best must beat it.
+  best: dict[str, float] = checkpointer.best_metrics() or {}
   try:
-    try:
-      state, start_step = checkpointer.restore_latest(
-        state, train_iter, mismatch=(task_data.DataError,)
-      )
-    except task_data.DataError as e:
-      raise trainer.TrainingError(
-        f'{e}; {workdir_path} holds a run on other data or settings: resume '
-        'it with those, or start afresh in another workdir'
-      ) from e
-    if start_step:
-      logging.info('Resumed from step %d in %s', start_step, workdir_path)
-      best = checkpointer.best_metrics() or {}
-    batch_sharding = sharding.batch_sharding(mesh)
-    step_fn = trainer.jit_train_step(
-      objective,
-      schedule,
-      micro_batches=shape.micro_batches,
-      nan_policy=run.nan_policy,
-      state_shardings=state_shardings,
-      batch_shardings=batch_sharding,
-    )
+    batch_sharding = sharding.batch_sharding(shape.mesh)
     apply = jax.jit(
       lambda p, b: objective.outputs(p, b),
       in_shardings=(state_shardings.params, batch_sharding),
@@ -722,20 +701,17 @@ def _finetune(config: ml_collections.ConfigDict, workdir_path: str) -> dict:
           write_jsonl(os.path.join(workdir_path, PREDICTIONS_FILE), records)
       return scores
 
-    last_train: dict[str, float] = {}
-    last_eval: dict[str, float] = {}
     state, step, last_train, last_eval = trainer.fit(
       run,
       workdir_path,
-      mesh=mesh,
-      rules=rules,
       shape=shape,
       objective=objective,
       state=state,
-      start_step=start_step,
-      step_fn=step_fn,
+      state_shardings=state_shardings,
+      schedule=schedule,
       train_iter=train_iter,
       checkpointer=checkpointer,
+      mismatch=task_data.DataError,
       evaluate=evaluate,
       flops_per_example=0.0,
       dropout_rng=dropout_rng,

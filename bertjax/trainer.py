@@ -45,8 +45,11 @@ class TrainingError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class RunShape:
-  """Quantities derived from the config and the machine, computed once."""
+  """The mesh, its rules and the quantities derived from the config and the
+  machine, computed once."""
 
+  mesh: jax.sharding.Mesh
+  rules: sharding.Rules
   global_batch: int
   per_host_batch: int
   micro_batches: int
@@ -54,15 +57,16 @@ class RunShape:
   num_devices: int
 
 
-def compute_run_shape(
-  config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
-) -> RunShape:
-  """Checks the batch against the mesh and splits it per host and micro-batch.
+def compute_run_shape(config: ml_collections.ConfigDict) -> RunShape:
+  """Makes the mesh `config.mesh` asks for, checks the batch against it and
+  splits it per host and micro-batch.
 
   Raises:
+    sharding.MeshError: a mesh the devices cannot form.
     TrainingError: a batch that the data-parallel size, the host count or
       the micro-batch count does not divide.
   """
+  mesh = sharding.create_mesh(tuple(config.mesh.shape))
   process_count = jax.process_count()
   data_parallel = mesh.shape[sharding.DATA] * mesh.shape[sharding.FSDP]
   global_batch = int(config.batch_size)
@@ -93,6 +97,8 @@ def compute_run_shape(
     if config[name] < 0:
       raise TrainingError(f'{name} must be >= 0, got {config[name]}')
   return RunShape(
+    mesh=mesh,
+    rules=sharding.default_logical_axis_rules(config.mesh.extra_rules),
     global_batch=global_batch,
     per_host_batch=global_batch // process_count,
     micro_batches=micro,
@@ -696,9 +702,7 @@ def train_and_evaluate(
 def _train_and_evaluate(
   config: ml_collections.ConfigDict, workdir_path: str
 ) -> dict[str, float]:
-  mesh = sharding.create_mesh(tuple(config.mesh.shape))
-  rules = sharding.default_logical_axis_rules(config.mesh.extra_rules)
-  shape = compute_run_shape(config, mesh)
+  shape = compute_run_shape(config)
   if config.data.host_sharding not in pipeline.HOST_SHARDINGS:
     raise TrainingError(
       f'data.host_sharding {config.data.host_sharding!r} is not one of '
@@ -731,7 +735,7 @@ def _train_and_evaluate(
       config.model.init_from, bert_config
     )
   state, state_shardings = create_train_state(
-    module, tx, mesh, rules, init_rng, init_params
+    module, tx, shape.mesh, shape.rules, init_rng, init_params
   )
   data_config = pipeline_config(config, data, shape.per_host_batch, masking)
   train_iter = pipeline.create_train_iterator(
@@ -750,26 +754,7 @@ def _train_and_evaluate(
     ),
   )
   try:
-    try:
-      state, start_step = checkpointer.restore_latest(
-        state, train_iter, mismatch=(pipeline.RecordError,)
-      )
-    except pipeline.RecordError as e:
-      raise TrainingError(
-        f'{e}; {workdir_path} holds a run on other data or settings: resume '
-        'it with those, or start afresh in another workdir'
-      ) from e
-    if start_step:
-      logging.info('Resumed from step %d in %s', start_step, workdir_path)
-    batch_sharding = sharding.batch_sharding(mesh)
-    step_fn = jit_train_step(
-      objective,
-      schedule,
-      micro_batches=shape.micro_batches,
-      nan_policy=config.nan_policy,
-      state_shardings=state_shardings,
-      batch_shardings=batch_sharding,
-    )
+    batch_sharding = sharding.batch_sharding(shape.mesh)
     eval_fn = jax.jit(
       functools.partial(eval_step, objective=objective),
       in_shardings=(state_shardings.params, batch_sharding),
@@ -801,15 +786,14 @@ def _train_and_evaluate(
     state, step, last_train, last_eval = fit(
       config,
       workdir_path,
-      mesh=mesh,
-      rules=rules,
       shape=shape,
       objective=objective,
       state=state,
-      start_step=start_step,
-      step_fn=step_fn,
+      state_shardings=state_shardings,
+      schedule=schedule,
       train_iter=train_iter,
       checkpointer=checkpointer,
+      mismatch=pipeline.RecordError,
       evaluate=evaluate,
       flops_per_example=flops_per_example,
       dropout_rng=dropout_rng,
@@ -844,15 +828,14 @@ def fit(
   config: ml_collections.ConfigDict,
   workdir_path: str,
   *,
-  mesh: jax.sharding.Mesh,
-  rules: sharding.Rules,
   shape: RunShape,
   objective: Objective,
   state: TrainState,
-  start_step: int,
-  step_fn: Callable[..., tuple[TrainState, dict]],
+  state_shardings: TrainState,
+  schedule: optax.Schedule,
   train_iter: Any,
   checkpointer: workdir.Checkpointer,
+  mismatch: type[Exception],
   evaluate: Callable[[TrainState, int], dict[str, float]],
   flops_per_example: float,
   dropout_rng: jax.Array,
@@ -860,12 +843,14 @@ def fit(
 ) -> tuple[TrainState, int, dict[str, float], dict[str, float]]:
   """The loop every run shares, pretraining and fine-tuning alike.
 
-  Feeds `train_iter`'s host batches to `step_fn` from `start_step` to
-  `shape.total_steps`; writes the objective's metrics, throughput and MFU
-  every `config.log_every_steps`; calls `evaluate(state, step)` every
-  `config.eval_every_steps` and writes what it returns; saves every
-  `config.checkpoint_every_steps`, at the end and on SIGTERM (then raises
-  `cli.Preempted`);
+  Resumes `state` and `train_iter` from the newest checkpoint that restores
+  (`mismatch`, raised by the iterator for a position on other data, is a
+  `TrainingError`), then feeds `train_iter`'s host batches to the jitted
+  train step up to `shape.total_steps`; writes the objective's metrics,
+  throughput and MFU every `config.log_every_steps`; calls
+  `evaluate(state, step)` every `config.eval_every_steps` and writes what
+  it returns; saves every `config.checkpoint_every_steps`, at the end and
+  on SIGTERM (then raises `cli.Preempted`);
   and stops on a non-finite step (loss, gradients or updated params;
   `config.nan_policy='stop'`) naming the last good checkpoint: the step
   is checked before it is saved, so every checkpoint is finite.
@@ -874,6 +859,26 @@ def fit(
     (state, the step reached, the last train metrics, the last eval
     metrics).
   """
+  try:
+    state, start_step = checkpointer.restore_latest(
+      state, train_iter, mismatch=(mismatch,)
+    )
+  except mismatch as e:
+    raise TrainingError(
+      f'{e}; {workdir_path} holds a run on other data or settings: resume '
+      'it with those, or start afresh in another workdir'
+    ) from e
+  if start_step:
+    logging.info('Resumed from step %d in %s', start_step, workdir_path)
+  batch_sharding = sharding.batch_sharding(shape.mesh)
+  step_fn = jit_train_step(
+    objective,
+    schedule,
+    micro_batches=shape.micro_batches,
+    nan_policy=config.nan_policy,
+    state_shardings=state_shardings,
+    batch_shardings=batch_sharding,
+  )
   if jax.process_index() == 0:
     workdir.rewind_metrics(workdir_path, start_step)
   writer = workdir.create_metric_writer(workdir_path, jax.process_index() == 0)
@@ -891,7 +896,7 @@ def fit(
     'micro-batches), %d steps from step %d, %s x %d',
     description,
     sum(x.size for x in jax.tree.leaves(state.params)) / 1e6,
-    dict(mesh.shape),
+    dict(shape.mesh.shape),
     shape.global_batch,
     shape.per_host_batch,
     shape.micro_batches,
@@ -900,7 +905,6 @@ def fit(
     device_kind,
     shape.num_devices,
   )
-  batch_sharding = sharding.batch_sharding(mesh)
   step = start_step
   window = _Window(objective)
   last_train: dict[str, float] = {}
@@ -908,8 +912,8 @@ def fit(
   try:
     with (
       workdir.Preemption() as preemption,
-      jax.set_mesh(mesh),
-      nn.logical_axis_rules(rules),
+      jax.set_mesh(shape.mesh),
+      nn.logical_axis_rules(shape.rules),
     ):
       while step < shape.total_steps:
         t0 = time.perf_counter()

@@ -26,7 +26,7 @@ output is float32 `[lines, hidden_size]` (`np.load` reads it).
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -37,31 +37,41 @@ from absl import flags, logging
 from bertjax import hf, model, pretrained
 from data_pipeline import cli, files
 
-_MODEL = flags.DEFINE_string(
-  'model',
-  None,
-  'HF or bertjax model directory, TF checkpoint, training workdir, or a '
-  'pretrained model name (all-minilm-l6-v2).',
-)
-_INPUT = flags.DEFINE_string('input', None, 'UTF-8 text file, one per line.')
-_OUTPUT = flags.DEFINE_string('output', None, 'Output .npy file.')
-_POOLING = flags.DEFINE_enum(
-  'pooling', 'mean', ['mean', 'cls'], 'Mean of real tokens, or [CLS].'
-)
-_NORMALIZE = flags.DEFINE_bool('normalize', False, 'Scale to unit L2 norm.')
-_MAX_SEQ_LENGTH = flags.DEFINE_integer(
-  'max_seq_length',
-  None,
-  'Tokens per text with [CLS] and [SEP]; default min(512, '
-  'max_position_embeddings).',
-)
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Texts per batch.')
-_DO_LOWER_CASE = flags.DEFINE_bool(
-  'do_lower_case',
-  None,
-  'Lower-case before WordPiece; default: tokenizer_config.json, else '
-  'inferred from the vocabulary.',
-)
+
+def _define_flags() -> None:
+  # Defined only when this module is the command: bertjax.fill_mask imports
+  # it and has flags of the same names.
+  flags.DEFINE_string(
+    'model',
+    None,
+    'HF or bertjax model directory, TF checkpoint, training workdir, or a '
+    'pretrained model name (all-minilm-l6-v2).',
+  )
+  flags.DEFINE_string('input', None, 'UTF-8 text file, one per line.')
+  flags.DEFINE_string('output', None, 'Output .npy file.')
+  flags.DEFINE_enum(
+    'pooling', 'mean', ['mean', 'cls'], 'Mean of real tokens, or [CLS].'
+  )
+  flags.DEFINE_bool('normalize', False, 'Scale to unit L2 norm.')
+  define_model_flags()
+
+
+def define_model_flags() -> None:
+  """The flags of every command that loads a model to run on text."""
+  flags.DEFINE_integer(
+    'max_seq_length',
+    None,
+    'Tokens per text with [CLS] and [SEP]; default min(512, '
+    'max_position_embeddings).',
+  )
+  flags.DEFINE_integer('batch_size', 32, 'Texts per batch.')
+  flags.DEFINE_bool(
+    'do_lower_case',
+    None,
+    'Lower-case before WordPiece; default: tokenizer_config.json, else '
+    'inferred from the vocabulary.',
+  )
+
 
 # Shortest padded length: shorter buckets save little and compile more.
 _MIN_BUCKET = 16
@@ -101,19 +111,40 @@ def load_encoder(
 ) -> tuple[model.BertConfig, dict[str, Any], Any]:
   """Loads a model's encoder and its tokenizer.
 
-  `do_lower_case=None` reads the model's `tokenizer_config.json`, else infers
-  it from the vocabulary; `max_seq_length` is checked against the model
-  before the (slow) tokenizer is loaded.
-
   Returns:
     (config, `BertModel` params (the `bert` subtree), a
     `data_pipeline.tokenizers.Tokenizer`).
 
   Raises:
+    EmbedError: as `load_model`.
+  """
+  config, params, tokenizer = load_model(path, do_lower_case, max_seq_length)
+  return config, params['bert'], tokenizer
+
+
+def load_model(
+  path: str,
+  do_lower_case: bool | None = None,
+  max_seq_length: int | None = None,
+  require_heads: Sequence[str] = (),
+) -> tuple[model.BertConfig, dict[str, Any], Any]:
+  """Loads a model (`pretrained.load`) and its tokenizer.
+
+  `do_lower_case=None` reads the model's `tokenizer_config.json`, else infers
+  it from the vocabulary; `max_seq_length` is checked against the model
+  before the (slow) tokenizer is loaded; `require_heads` as
+  `pretrained.load`.
+
+  Returns:
+    (config, params, a `data_pipeline.tokenizers.Tokenizer`).
+
+  Raises:
     EmbedError: no tokenizer, one with more ids than the model has, or a
       max_seq_length the model cannot take.
   """
-  config, params, tokenizer_file = pretrained.load(pretrained.resolve(path))
+  config, params, tokenizer_file = pretrained.load(
+    pretrained.resolve(path), require_heads=require_heads
+  )
   get_max_seq_length(config, max_seq_length)
   if tokenizer_file is None:
     raise EmbedError(f'{path}: no vocab.txt or SentencePiece model')
@@ -126,7 +157,7 @@ def load_encoder(
       f'{tokenizer_file}: {tokenizer.vocab_size} tokens, but the model has '
       f'only {config.vocab_size} word embeddings'
     )
-  return config, params['bert'], tokenizer
+  return config, params, tokenizer
 
 
 def read_lines(path: str) -> list[str]:
@@ -233,35 +264,58 @@ def embed_texts(
   ids = [
     [tokenizer.cls_id, *x[: max_seq_length - 2], tokenizer.sep_id] for x in ids
   ]
-  lengths = np.array([len(x) for x in ids])
-  # Sorting by length lets each batch pad to a short bucket.
-  order = np.argsort(lengths, kind='stable')
-  rows = min(batch_size, _next_power_of_two(len(ids)))
   embed = create_embed_fn(config, pooling, normalize)
   out = np.empty((len(ids), config.hidden_size), np.float32)
+  for index, input_ids, input_mask in batches(
+    ids, batch_size, max_seq_length, tokenizer.pad_id
+  ):
+    out[index] = np.asarray(embed(params, input_ids, input_mask))[: len(index)]
+  return out
+
+
+def batches(
+  ids: Sequence[Sequence[int]],
+  batch_size: int,
+  max_seq_length: int,
+  pad_id: int,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """Padded batches of token id lists, shortest first.
+
+  Sorting by length lets each batch pad to a short bucket (a power of two
+  from `_MIN_BUCKET` to `max_seq_length`), so a jitted function compiles a
+  handful of times; every batch has the same number of rows (the last is
+  padded with empty rows).
+
+  Yields:
+    (the indices into `ids` of the batch's real rows, int32 `input_ids`
+    `[rows, seq_len]`, int32 0/1 `input_mask` of the same shape).
+  """
+  lengths = np.array([len(x) for x in ids])
+  order = np.argsort(lengths, kind='stable')
+  rows = min(batch_size, _next_power_of_two(len(ids)))
   for start in range(0, len(ids), rows):
     index = order[start : start + rows]
     seq_len = min(
       max(_next_power_of_two(int(lengths[index].max())), _MIN_BUCKET),
       max_seq_length,
     )
-    input_ids = np.full((rows, seq_len), tokenizer.pad_id, np.int32)
+    input_ids = np.full((rows, seq_len), pad_id, np.int32)
     input_mask = np.zeros((rows, seq_len), np.int32)
     for row, i in enumerate(index):
       input_ids[row, : lengths[i]] = ids[i]
       input_mask[row, : lengths[i]] = 1
-    out[index] = np.asarray(embed(params, input_ids, input_mask))[: len(index)]
-  return out
+    yield index, input_ids, input_mask
 
 
 def main(argv: list[str]) -> None:
   del argv
-  for holder in (_MODEL, _INPUT, _OUTPUT):
-    if not holder.value:
-      raise EmbedError(f'--{holder.name} is required')
-  texts = read_lines(_INPUT.value)
+  f = flags.FLAGS
+  for name in ('model', 'input', 'output'):
+    if not f[name].value:
+      raise EmbedError(f'--{name} is required')
+  texts = read_lines(f.input)
   config, params, tokenizer = load_encoder(
-    _MODEL.value, _DO_LOWER_CASE.value, _MAX_SEQ_LENGTH.value
+    f.model, f.do_lower_case, f.max_seq_length
   )
   blank = sum(not t.strip() for t in texts)
   if blank:
@@ -272,24 +326,25 @@ def main(argv: list[str]) -> None:
     params,
     tokenizer,
     texts,
-    pooling=_POOLING.value,
-    normalize=_NORMALIZE.value,
-    max_seq_length=_MAX_SEQ_LENGTH.value,
-    batch_size=_BATCH_SIZE.value,
+    pooling=f.pooling,
+    normalize=f.normalize,
+    max_seq_length=f.max_seq_length,
+    batch_size=f.batch_size,
   )
   seconds = time.perf_counter() - start
   # A file object: np.save would append '.npy' to a path without it.
-  with files.replacing(_OUTPUT.value, 'wb') as f:
-    np.save(f, vectors)
+  with files.replacing(f.output, 'wb') as out:
+    np.save(out, vectors)
   logging.info(
     'embedded %d lines in %.1f s (%.1f lines/s) into %s %s',
     len(texts),
     seconds,
     len(texts) / seconds,
-    _OUTPUT.value,
+    f.output,
     list(vectors.shape),
   )
 
 
 if __name__ == '__main__':
+  _define_flags()
   cli.run(main)

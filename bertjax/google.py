@@ -8,6 +8,7 @@ rest. TensorFlow is imported only to read such a checkpoint.
 """
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -76,12 +77,17 @@ def read_config(path: str) -> model.BertConfig:
 
 
 def read_params(
-  path: str, config: model.BertConfig, rng: jax.Array | None = None
+  path: str,
+  config: model.BertConfig,
+  rng: jax.Array | None = None,
+  require_heads: Sequence[str] = (),
 ) -> dict[str, Any]:
   """The checkpoint at `path` (a prefix or its directory) as params for
   `config`; heads it lacks are initialised (`hf.params_from_hf`)."""
   prefix = checkpoint_prefix(path)
   if prefix is None:
     raise FileNotFoundError(f'{path}: no TF checkpoint (no .index file)')
-  params, _ = hf.params_from_hf(_read_variables(prefix), config, rng)
+  params, _ = hf.params_from_hf(
+    _read_variables(prefix), config, rng, require_heads, path
+  )
   return params

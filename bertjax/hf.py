@@ -21,7 +21,7 @@ import json
 import operator
 import os
 import pickle
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -252,6 +252,8 @@ def params_from_hf(
   state_dict: Mapping[str, np.ndarray],
   config: model.BertConfig,
   rng: jax.Array | None = None,
+  require_heads: Sequence[str] = (),
+  source: str = 'checkpoint',
 ) -> tuple[dict[str, Any], list[str]]:
   """Converts a Hugging Face BERT state dict to bertjax params.
 
@@ -298,6 +300,9 @@ def params_from_hf(
       )
     if absent:
       missing_heads.append(head)
+  needed = [h for h in require_heads if h in missing_heads]
+  if needed:
+    raise model.WeightsError(missing_heads_message(source, needed))
   present = [t for t in table if t.hf_name in tensors]
   model.check_shapes(
     {shown(t.hf_name): tensors[t.hf_name] for t in present},
@@ -352,6 +357,15 @@ def params_from_hf(
       'checkpoint has no %s: initialised freshly', ', '.join(missing_heads)
     )
   return params, missing_heads
+
+
+def missing_heads_message(source: str, heads: Sequence[str]) -> str:
+  """The error for a model that lacks heads a command needs trained."""
+  return (
+    f'{source} has no trained {", ".join(heads)}: this needs a model with '
+    'its pretraining heads (a pretraining workdir, a bertjax model '
+    'directory, or a Hugging Face BertForPreTraining or BertForMaskedLM)'
+  )
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
@@ -539,11 +553,16 @@ def read_config(path: str) -> model.BertConfig:
 
 
 def read_params(
-  model_dir: str, config: model.BertConfig, rng: jax.Array | None = None
+  model_dir: str,
+  config: model.BertConfig,
+  rng: jax.Array | None = None,
+  require_heads: Sequence[str] = (),
 ) -> dict[str, Any]:
   """A Hugging Face directory's weights as params for `config` (see
   `params_from_hf`)."""
-  params, _ = params_from_hf(read_state_dict(model_dir), config, rng)
+  params, _ = params_from_hf(
+    read_state_dict(model_dir), config, rng, require_heads, model_dir
+  )
   return params
 
 

@@ -29,7 +29,7 @@ import functools
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -268,6 +268,7 @@ def load(
   overrides: Mapping[str, Any] | None = None,
   shardings: Any = None,
   rng: jax.Array | None = None,
+  require_heads: Sequence[str] = (),
 ) -> tuple[model.BertConfig, dict[str, Any], str | None]:
   """Loads a model in any format (see the module docstring).
 
@@ -281,6 +282,8 @@ def load(
       onto it); default: the first local device or host memory.
     rng: PRNG key for pretraining heads a foreign checkpoint lacks, which
       are initialised and logged.
+    require_heads: heads (`hf.HEADS`: `mlm_head`, ...) whose trained
+      params the caller needs: a checkpoint without them is refused.
 
   Returns:
     (config with the overrides, params, tokenizer file path or None).
@@ -295,17 +298,28 @@ def load(
       `workdir.CheckpointError`).
   """
   kind = detect_format(path)
-  if kind == 'bertjax':
-    return _load_bertjax(path, overrides, shardings)
-  if kind == 'training':
-    return _load_training(path, overrides, shardings)
+  if kind in ('bertjax', 'training'):
+    load_native = _load_bertjax if kind == 'bertjax' else _load_training
+    config, params, tokenizer = load_native(path, overrides, shardings)
+    missing = [h for h in require_heads if _get_path(params, h) is None]
+    if missing:
+      raise model.WeightsError(hf.missing_heads_message(path, missing))
+    return config, params, tokenizer
   reader = hf if kind == 'hf' else google
   config = apply_overrides(reader.read_config(path), overrides, path)
-  params = reader.read_params(path, config, rng)
+  params = reader.read_params(path, config, rng, require_heads)
   if shardings is not None:
     params = jax.device_put(params, shardings)
   directory = path if os.path.isdir(path) else os.path.dirname(path)
   return config, params, find_tokenizer_file(directory)
+
+
+def _get_path(params: Mapping[str, Any], path: str) -> Any:
+  for key in path.split('/'):
+    if not isinstance(params, Mapping) or key not in params:
+      return None
+    params = params[key]
+  return params
 
 
 def load_params_for(

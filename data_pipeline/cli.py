@@ -108,7 +108,8 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 # Libraries whose INFO logs bury what a command has to say: Orbax logs some
 # twenty lines per checkpoint saved or restored.
-_CHATTY_LIBRARIES = ('orbax',)
+# jax's xla_bridge says at INFO, on every CPU machine, that it found no TPU.
+_CHATTY_LIBRARIES = ('orbax', 'jax/_src/xla_bridge.py')
 
 
 class _QuietLibraries(logging.logging.Filter):

@@ -1,7 +1,8 @@
 """Test-wide setup, before any test module is imported.
 
-8 simulated CPU devices (set before JAX is imported), and triton (when
-installed) loaded before TensorFlow.
+8 simulated CPU devices (set before JAX is imported), a compilation cache
+shared by the session's processes, and triton (when installed) loaded
+before TensorFlow.
 """
 
 import os
@@ -14,6 +15,23 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # quiet.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+
+# Many tests, and the commands they start, compile the same few programs
+# (the tiny recipe's train step, above all); JAX's persistent compilation
+# cache lets all but the first load them. One fresh folder per session, so a
+# cached program never outlives the code that made it; subprocesses inherit
+# it through the environment.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  import atexit
+  import shutil
+  import tempfile
+
+  _cache = tempfile.mkdtemp(prefix='bertjax-test-jax-cache-')
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _cache
+  # Programs that compile in under half a second cost more to write than to
+  # compile again.
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 
 # PyPI's torch (a CUDA build: what `pip install -e '.[test]'` gets on an
 # ordinary machine) brings triton, and transformers' BERT imports

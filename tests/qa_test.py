@@ -209,7 +209,7 @@ def test_qa_learns_on_constructed_questions(tmp_path):
 
   config = qa.get_config()
   config.init = 'all-minilm-l6-v2'
-  config.data.train_file = _code_questions(tmp_path / 'train.json', 512, 0)
+  config.data.train_file = _code_questions(tmp_path / 'train.json', 256, 0)
   config.data.eval_file = _code_questions(tmp_path / 'eval.json', 128, 4000)
   config.max_seq_length = 96
   config.data.bucketing = False  # One shape: one compilation.
@@ -217,6 +217,7 @@ def test_qa_learns_on_constructed_questions(tmp_path):
   config.num_train_epochs = 2.0
   config.learning_rate = 1e-4
   result = tasks.finetune(config, str(tmp_path / 'run'))
+  # Measured: F1 0.85 from 256 questions (0.91 from 512, which took 1.5x).
   assert result['best/eval/f1'] > 0.5, result
   predictions = [
     json.loads(x)

@@ -92,21 +92,29 @@ def demo_data(tmp_path_factory):
   )
 
 
+@pytest.fixture(scope='module')
+def learned(demo_data, tmp_path_factory):
+  """The tiny model after 300 steps on the demo corpus: (workdir, the
+  run's last metrics)."""
+  path = tmp_path_factory.mktemp('learned')
+  config = _config(
+    num_train_steps=300,
+    batch_size=32,
+    max_seq_length=128,
+    log_every_steps=50,
+    eval_every_steps=300,
+    **{'data.max_predictions_per_seq': 20},
+  )
+  return path, trainer.train_and_evaluate(config, str(path))
+
+
 @pytest.mark.network
 class TrainingTest:
   @pytest.mark.slow
   def test_tiny_bert_learns_above_the_majority_baseline(
-    self, demo_data, tmp_path
+    self, demo_data, learned
   ):
-    config = _config(
-      num_train_steps=300,
-      batch_size=32,
-      max_seq_length=128,
-      log_every_steps=50,
-      eval_every_steps=300,
-      **{'data.max_predictions_per_seq': 20},
-    )
-    result = trainer.train_and_evaluate(config, str(tmp_path))
+    tmp_path, result = learned
     baseline = demo_data.majority_token_accuracy
     assert 0.02 < baseline < 0.2
     # "Clearly above": 30% over always predicting the most frequent token
@@ -160,6 +168,41 @@ class TrainingTest:
     )
     assert started['train/mlm_loss'] < first['train/mlm_loss'] - 1.0
     assert started['step'] == 1
+
+  @pytest.mark.slow
+  def test_the_learned_model_fills_masks_as_transformers_does(
+    self, learned, tmp_path
+  ):
+    import transformers
+
+    from bertjax import convert, fill_mask
+
+    texts = [
+      'The government said on [MASK] that it would cut taxes.',
+      'Shares of the [MASK] rose 5 percent in [MASK] trading.',
+      'He was born in [MASK].',
+    ]
+    lm = fill_mask.load(str(learned[0]))
+    ours = fill_mask.fill_mask(lm, texts, top_k=5)
+    assert [len(x) for x in ours] == [1, 2, 1]
+    convert.convert(str(learned[0]), str(tmp_path / 'hf'), 'hf')
+    pipe = transformers.pipeline('fill-mask', model=str(tmp_path / 'hf'))
+    for text, per_mask in zip(texts, ours, strict=True):
+      theirs = pipe(text, top_k=5)
+      if len(per_mask) == 1:
+        theirs = [theirs]
+      for mine, ref in zip(per_mask, theirs, strict=True):
+        assert [t['token'] for t in mine] == [t['token'] for t in ref]
+        assert [t['token_str'] for t in mine] == [
+          pipe.tokenizer.convert_ids_to_tokens(t['token']) for t in ref
+        ]
+        np.testing.assert_allclose(
+          [t['score'] for t in mine], [t['score'] for t in ref], atol=1e-5
+        )
+    # 300 steps learn the frequent words: the likeliest fill is a real
+    # word, not a special or noise, and well above uniform.
+    assert ours[2][0][0]['score'] > 50 / lm.config.vocab_size
+    assert ours[2][0][0]['token_str'] not in ('[UNK]', '[MASK]', '[PAD]')
 
   @pytest.mark.slow
   def test_resume_repeats_the_uninterrupted_losses(self, demo_data, tmp_path):

@@ -24,6 +24,7 @@ pipeline's on the same checkpoint.
 """
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -67,6 +68,8 @@ def load(
   return MaskedLm(config, params, tokenizer)
 
 
+# Cached: a notebook calls fill_mask again and again on one model.
+@functools.lru_cache(maxsize=4)
 def _top_k_fn(config: model.BertConfig, top_k: int):
   """The jitted `(params, input_ids [b, s], input_mask [b, s], positions
   [b, m]) -> (scores [b, m, top_k], ids [b, m, top_k])`: the softmax over

@@ -187,7 +187,8 @@ def main(argv: list[str]) -> None:
   for text, per_mask in zip(texts, predictions, strict=True):
     print(text)
     for i, tokens in enumerate(per_mask):
-      best = ', '.join(f'{t["token_str"]} {t["score"]:.3f}' for t in tokens)
+      # ' | ' apart: a token may be a comma.
+      best = ' | '.join(f'{t["token_str"]} {t["score"]:.3f}' for t in tokens)
       print(f'  [MASK] {i + 1}: {best}')
 
 

@@ -92,7 +92,7 @@ def test_command_line(tiny_lm):
   assert result.returncode == 0, result.stderr[-2000:]
   lines = result.stdout.splitlines()
   assert lines[0] == 'the [MASK] sat.'
-  assert lines[1].startswith('  [MASK] 1: ') and lines[1].count(',') == 1
+  assert lines[1].startswith('  [MASK] 1: ') and lines[1].count(' | ') == 1
   missing = _cli(f'--model={tiny_lm}')
   assert missing.returncode == 2
   assert (

@@ -42,7 +42,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from bertjax import hf, metrics, model, pretrained, sharding, trainer, workdir
-from data_pipeline import files, task_data, tokenizers
+from data_pipeline import files, progress, task_data, tokenizers
 
 PREDICTIONS_FILE = 'eval_predictions.jsonl'
 HEAD_KINDS = {
@@ -219,6 +219,7 @@ def predict_logits(
   host's rows into what `apply` takes (global arrays, in a training run).
   """
   out: list[np.ndarray | None] = [None] * len(features)
+  bar = progress.Progress('Predicting', total=len(features), unit='examples')
   for index, batch in task_data.eval_batches(
     features,
     global_batch,
@@ -227,6 +228,8 @@ def predict_logits(
     process_index=jax.process_index(),
     process_count=jax.process_count(),
   ):
+    # Every host's batch holds a share of global_batch examples.
+    bar.update(min(global_batch, len(features) - bar.done))
     outputs = apply(params, to_device(batch))
     if 'logits' in outputs:
       logits = _to_host(outputs['logits'])
@@ -239,6 +242,7 @@ def predict_logits(
       if i >= 0:
         n = len(features.input_ids[i])
         out[i] = logits[row, :n] if logits.ndim == 3 else logits[row]
+  bar.close()
   return out
 
 
@@ -548,8 +552,9 @@ def finetune(config: ml_collections.ConfigDict, workdir_path: str) -> dict:
     workdir_path: checkpoints, best params, metrics, eval predictions.
 
   Returns:
-    The last train metrics, the last eval metrics, and the best eval
-    metrics under `best/...`.
+    The last train metrics, the last eval metrics, the best eval metrics
+    under `best/...`, and for classification `baseline/accuracy`: what
+    always predicting the commonest training label scores on eval.
 
   Raises:
     workdir.WorkdirError: the workdir is not writable or in use.
@@ -743,6 +748,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir_path: str) -> dict:
     **last_train,
     **last_eval,
     **{f'best/{k}': v for k, v in best.items()},
+    **({'baseline/accuracy': reference[1]} if reference else {}),
   }
 
 

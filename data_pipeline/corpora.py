@@ -54,7 +54,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from absl import flags, logging
 
-from data_pipeline import files
+from data_pipeline import files, progress
 
 DEFAULT_INDEX_URL = 'https://pypi.org/simple/'
 # Seconds without progress before a download is abandoned.
@@ -268,27 +268,44 @@ def _read_url(url: str) -> bytes:
 
 
 def _download_to_temp(url: str, directory: pathlib.Path) -> pathlib.Path:
-  """Streams `url` into a new temporary file in `directory`."""
+  """Streams `url` into a new temporary file in `directory`, showing the
+  download's progress."""
   fd, name = tempfile.mkstemp(dir=directory, prefix='.partial-')
   tmp = pathlib.Path(name)
   try:
     os.fchmod(fd, _FILE_MODE)
     with os.fdopen(fd, 'wb') as f:
-      _stream_url(url, f)
+      _stream_url(url, f, show=posixpath.basename(url))
   except BaseException:
     tmp.unlink(missing_ok=True)
     raise
   return tmp
 
 
-def _stream_url(url: str, out: typing.BinaryIO) -> None:
+def _copy(response, out: typing.BinaryIO, show: str) -> None:
+  """Copies a response body to `out`; with `show`, as visible progress."""
+  if not show:
+    shutil.copyfileobj(response, out, _CHUNK)
+    return
+  size = response.headers.get('Content-Length')
+  with progress.Progress(
+    f'Downloading {show}',
+    total=int(size) if size and size.isdigit() else None,
+    unit='B',
+  ) as bar:
+    while chunk := response.read(_CHUNK):
+      out.write(chunk)
+      bar.update(len(chunk))
+
+
+def _stream_url(url: str, out: typing.BinaryIO, show: str = '') -> None:
   """Writes the body of `url` to `out`, starting over on network errors."""
   for attempt in range(1, _ATTEMPTS + 1):
     out.seek(0)
     out.truncate()
     try:
       with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response:
-        shutil.copyfileobj(response, out, _CHUNK)
+        _copy(response, out, show)
       return
     except urllib.error.HTTPError as e:
       # A 4xx will not get better by asking again.

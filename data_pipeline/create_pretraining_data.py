@@ -205,7 +205,14 @@ def main(
     documents.check_text_inputs(paths)
     docs = documents.read_documents(paths, options, input_stats)
   stats = records.create_pretraining_data(
-    docs, input_stats, fv.tokenizer, config, output, fv.do_lower_case
+    docs,
+    input_stats,
+    fv.tokenizer,
+    config,
+    output,
+    fv.do_lower_case,
+    # TFDS datasets' sizes are not known in advance.
+    total_bytes=None if fv.tfds_name else documents.total_size(paths),
   )
   if not stats['examples']:
     raise documents.InputError(

@@ -608,6 +608,11 @@ def expand_patterns(
   return sorted(files)
 
 
+def total_size(paths: Sequence[str]) -> int:
+  """The bytes in `paths` (local or `gs://`), as `Stats.bytes` counts them."""
+  return sum(tf.io.gfile.stat(path).length for path in paths)
+
+
 def read_file_documents(
   path: str, options: ReadOptions, stats: Stats
 ) -> Iterator[list[str]]:

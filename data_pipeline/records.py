@@ -40,7 +40,14 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from data_pipeline import corpora, documents, examples, files, tokenizers
+from data_pipeline import (
+  corpora,
+  documents,
+  examples,
+  files,
+  progress,
+  tokenizers,
+)
 
 SPLITS = ('train', 'eval')
 # Masking seeds pack (split, unit, example) into one int64: the unit index
@@ -564,6 +571,7 @@ def create_pretraining_data(
   config: CreationConfig,
   output: OutputOptions,
   do_lower_case: bool | None = None,
+  total_bytes: int | None = None,
 ) -> dict:
   """Creates pretraining records from documents; writes shards and stats.
 
@@ -573,6 +581,7 @@ def create_pretraining_data(
     input_stats: the stats the reader of `docs` fills in.
     tokenizer_path: a WordPiece `vocab.txt` or a SentencePiece `.model`.
     do_lower_case: passed to `tokenizers.create_tokenizer`.
+    total_bytes: the size of the input, if known, for the progress shown.
 
   Returns:
     The stats also written to `<output_dir>/stats.json`.
@@ -595,6 +604,7 @@ def create_pretraining_data(
   total = UnitStats()
   complete = False
   first_unit_done, first_unit_bytes = started, 0
+  bar = progress.Progress('Creating examples', total=total_bytes, unit='B')
   try:
     units = group_units(docs, config.unit_chars, config.eval_fraction)
     worker_args = (tokenizer_path, do_lower_case, config)
@@ -603,22 +613,16 @@ def create_pretraining_data(
     ):
       writers[result.split].write(result.records)
       total.merge(result.stats)
+      # Input read so far (a few units ahead of those done with a pool).
+      bar.update(input_stats.bytes - bar.done)
       if n == 0:
         # Start-up (spawning workers, tokenizer, tracing) and the first unit
         # end here; what follows is the steady throughput.
         first_unit_done = time.perf_counter()
         first_unit_bytes = total.text_bytes
-      if n % 10 == 0:
-        logging.info(
-          'unit %d: %d documents, %s examples, %.1f MB read in %.0f s',
-          n,
-          total.documents,
-          total.examples,
-          input_stats.bytes / 1e6,
-          time.perf_counter() - started,
-        )
     complete = True
   finally:
+    bar.close()
     for writer in writers.values():
       writer.close(complete)
   ended = time.perf_counter()

@@ -54,7 +54,7 @@ import tokenizers as hf_tokenizers
 from absl import logging
 from sentencepiece import sentencepiece_model_pb2
 
-from data_pipeline import files
+from data_pipeline import files, progress
 
 PAD, UNK, CLS, SEP, MASK = '[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]'
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
@@ -529,12 +529,17 @@ def create_tokenizer(
   return WordPieceTokenizer(path, do_lower_case=do_lower_case)
 
 
-def read_text_lines(paths: Iterable[str]) -> Iterator[str]:
+def read_text_lines(
+  paths: Iterable[str], bar: progress.Progress | None = None
+) -> Iterator[str]:
   """Yields the non-blank lines of UTF-8 text files (local or gs://),
-  stripped; raises VocabError for a file that is not UTF-8 text."""
+  stripped, counting the bytes read on `bar`; raises VocabError for a file
+  that is not UTF-8 text."""
   for path in paths:
     with tf.io.gfile.GFile(path, 'rb') as f:
       for number, raw in enumerate(f, start=1):
+        if bar is not None:
+          bar.update(len(raw))
         try:
           line = raw.decode('utf-8').strip()
         except UnicodeDecodeError:
@@ -678,7 +683,8 @@ def train_wordpiece(
     initial_alphabet=alphabet,
     special_tokens=list(SPECIAL_TOKENS) + continuations,
     wordpieces_prefix='##',
-    show_progress=False,
+    # Its own bars, drawn only on a terminal.
+    show_progress=progress.on_terminal(),
   )
   by_id = sorted(trainer.get_vocab().items(), key=lambda kv: kv[1])
   if len(by_id) < vocab_size:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from absl import flags, logging
 
-from data_pipeline import documents, tokenizers
+from data_pipeline import documents, progress, tokenizers
 
 MODEL_TYPES = ('unigram', 'bpe', 'wordpiece')
 
@@ -108,9 +108,12 @@ def main(
     if not fv[name].value:
       raise tokenizers.VocabError(f'--{name} is required')
   paths = documents.expand_patterns(fv.input_files)
-  lines = tokenizers.sample_lines(
-    tokenizers.read_text_lines(paths), fv.input_sentence_size
-  )
+  with progress.Progress(
+    'Reading text', total=documents.total_size(paths), unit='B'
+  ) as bar:
+    lines = tokenizers.sample_lines(
+      tokenizers.read_text_lines(paths, bar), fv.input_sentence_size
+    )
   if not lines:
     raise tokenizers.VocabError(f'no text in {", ".join(paths)}')
   logging.info('Training on %d lines from %d files', len(lines), len(paths))

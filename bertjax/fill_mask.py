@@ -184,12 +184,22 @@ def main(argv: list[str]) -> None:
   predictions = fill_mask(
     lm, texts, f.top_k, f.max_seq_length, batch_size=f.batch_size
   )
+  print(format_predictions(texts, predictions))
+
+
+def format_predictions(
+  texts: Sequence[str], predictions: list[list[list[dict[str, Any]]]]
+) -> str:
+  """`fill_mask`'s predictions as lines to read: each text, then per mask
+  its tokens and probabilities, likeliest first."""
+  lines = []
   for text, per_mask in zip(texts, predictions, strict=True):
-    print(text)
+    lines.append(text)
     for i, tokens in enumerate(per_mask):
       # ' | ' apart: a token may be a comma.
       best = ' | '.join(f'{t["token_str"]} {t["score"]:.3f}' for t in tokens)
-      print(f'  [MASK] {i + 1}: {best}')
+      lines.append(f'  [MASK] {i + 1}: {best}')
+  return '\n'.join(lines)
 
 
 if __name__ == '__main__':

@@ -690,7 +690,9 @@ def train_and_evaluate(
     workdir_path: checkpoints, metrics, curves (`bertjax.workdir`).
 
   Returns:
-    The last logged training metrics and the last eval metrics.
+    The last logged training metrics, the last eval metrics, and
+    `baseline/mlm_accuracy`: what always predicting the most frequent token
+    scores on this data.
 
   Raises:
     workdir.WorkdirError: the workdir is not writable or in use.
@@ -821,7 +823,11 @@ def _train_and_evaluate(
     workdir.plot_learning_curves(
       workdir_path, {'most frequent token': data.majority_token_accuracy}
     )
-  return {**last_train, **last_eval}
+  return {
+    **last_train,
+    **last_eval,
+    'baseline/mlm_accuracy': data.majority_token_accuracy,
+  }
 
 
 def fit(

@@ -742,12 +742,12 @@ def plot_learning_curves(
   records = read_metrics(workdir)
   if not records:
     return None
-  import matplotlib  # Imported here: only the end of a run draws.
+  # Imported here: only the end of a run draws. A bare Figure, not pyplot:
+  # it needs no backend, so a notebook's inline plots are left alone.
+  from matplotlib.figure import Figure
 
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt
-
-  fig, axes = plt.subplots(1, len(curves), figsize=(11, 4))
+  fig = Figure(figsize=(11, 4))
+  axes = fig.subplots(1, len(curves))
   for i, (ax, title) in enumerate(zip(axes, curves, strict=True)):
     for key in curves[title]:
       points = [(r['step'], r[key]) for r in records if r.get(key) is not None]
@@ -765,6 +765,5 @@ def plot_learning_curves(
   path = os.path.join(workdir, CURVES_FILE)
   with files.replacing(path, 'wb') as f:
     fig.savefig(f, format='png', dpi=100)
-  plt.close(fig)
   logging.info('Learning curves: %s', path)
   return path

@@ -219,30 +219,31 @@ def predict_logits(
   host's rows into what `apply` takes (global arrays, in a training run).
   """
   out: list[np.ndarray | None] = [None] * len(features)
-  bar = progress.Progress('Predicting', total=len(features), unit='examples')
-  for index, batch in task_data.eval_batches(
-    features,
-    global_batch,
-    max_seq_length,
-    pad_id,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-  ):
-    # Every host's batch holds a share of global_batch examples.
-    bar.update(min(global_batch, len(features) - bar.done))
-    outputs = apply(params, to_device(batch))
-    if 'logits' in outputs:
-      logits = _to_host(outputs['logits'])
-    else:
-      logits = np.stack(
-        [_to_host(outputs['start_logits']), _to_host(outputs['end_logits'])],
-        -1,
-      )
-    for row, i in enumerate(index):
-      if i >= 0:
-        n = len(features.input_ids[i])
-        out[i] = logits[row, :n] if logits.ndim == 3 else logits[row]
-  bar.close()
+  with progress.Progress(
+    'Predicting', total=len(features), unit='examples'
+  ) as bar:
+    for index, batch in task_data.eval_batches(
+      features,
+      global_batch,
+      max_seq_length,
+      pad_id,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    ):
+      # Every host's batch holds a share of global_batch examples.
+      bar.update(min(global_batch, len(features) - bar.done))
+      outputs = apply(params, to_device(batch))
+      if 'logits' in outputs:
+        logits = _to_host(outputs['logits'])
+      else:
+        logits = np.stack(
+          [_to_host(outputs['start_logits']), _to_host(outputs['end_logits'])],
+          -1,
+        )
+      for row, i in enumerate(index):
+        if i >= 0:
+          n = len(features.input_ids[i])
+          out[i] = logits[row, :n] if logits.ndim == 3 else logits[row]
   return out
 
 

@@ -33,7 +33,7 @@ def get_config(arg=None):
   config.model.dtype = 'float32'
 
   config.data.input_files = ''
-  config.data.demo_corpus = 'english_news'
+  config.data.demo_corpus = 'news-en'
   config.data.demo_vocab_size = 30522
   config.data.eval_fraction = 0.02
   config.data.shuffle_buffer = 4096

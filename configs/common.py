@@ -112,7 +112,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Lower-case WordPiece input (uncased vocabularies).
   config.data.do_lower_case = True
   # Which real demo corpus to use when input_files is ''.
-  config.data.demo_corpus = 'english_news'
+  config.data.demo_corpus = 'news-en'
   # Vocabulary size of the tokenizer built for the demo corpus.
   config.data.demo_vocab_size = 30522
   # Masked positions per sequence, at most (the width of masked_lm_*).
@@ -126,6 +126,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.keep_token_prob = 0.1
   # Mask all pieces of a word or none.
   config.data.whole_word_mask = False
+  # With whole_word_mask, where the words of Chinese text start: 'jieba'
+  # segments it, 'whitespace' reads pre-segmented text (words apart by
+  # spaces), 'none' makes every Chinese character a word (the vocabulary's
+  # rule). Text with no Chinese character is never segmented.
+  config.data.word_segmenter = 'jieba'
   # Next-sentence prediction (False packs full sentences, RoBERTa-style).
   config.data.nsp = True
   # Share of documents cut into shorter pairs (text inputs).

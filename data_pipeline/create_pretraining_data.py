@@ -18,6 +18,9 @@ byte for byte, whatever `--num_workers` is. `data_pipeline.records` says
 how it runs, `data_pipeline.examples` how pairs and masks differ from the
 original's. `--no_mask` writes unmasked pairs once, for the recommended
 dynamic route: the `tf.data` pipeline masks them afresh every epoch.
+`--do_whole_word_mask` masks whole words; text with Chinese characters is
+segmented into words for it (`data_pipeline.segmentation`, `--word_segmenter`),
+and unmasked records then carry the word starts (`word_starts`).
 """
 
 from collections.abc import Sequence
@@ -36,6 +39,7 @@ from data_pipeline import (  # noqa: E402
   documents,
   examples,
   records,
+  segmentation,
   tokenizers,
 )
 
@@ -114,6 +118,15 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     'random_seed', defaults.seed, 'Seed of every random choice.', **fv
   )
   flags.DEFINE_bool('do_whole_word_mask', False, 'Mask whole words.', **fv)
+  flags.DEFINE_enum(
+    'word_segmenter',
+    defaults.word_segmenter,
+    list(segmentation.SEGMENTERS),
+    'With --do_whole_word_mask, where words of text with Chinese characters '
+    'start: jieba segments it, whitespace reads words of pre-segmented text, '
+    'none uses the vocabulary alone (one word per Chinese character).',
+    **fv,
+  )
   flags.DEFINE_bool(
     'no_nsp',
     False,
@@ -175,6 +188,7 @@ def main(
     ),
     eval_fraction=fv.eval_fraction,
     unit_chars=fv.unit_chars,
+    word_segmenter=fv.word_segmenter,
   )
   output = records.OutputOptions(
     output_dir=fv.output_dir,

@@ -44,9 +44,10 @@ Masking follows `create_masked_lm_predictions`:
   `[SEP]`, `[MASK]`, ...).
 * Whole-word masking takes all pieces of a word or none, and counts every
   piece against the budget. A word starts at a word-start id (no `##` prefix
-  for WordPiece, a `▁` prefix for SentencePiece) or after a non-candidate
-  token, so a word never spans `[SEP]` (the original attached a `##` piece
-  after `[SEP]` to the word before it).
+  for WordPiece, a `▁` prefix for SentencePiece), or where the text's
+  segmentation says (Chinese: `segmentation`, passed in as `word_starts`),
+  or after a non-candidate token, so a word never spans `[SEP]` (the
+  original attached a `##` piece after `[SEP]` to the word before it).
 
 Randomness of masks. Every example has its own stateless seed (`[batch,
 2]`), so its mask depends on its seed and tokens only, never on its batch or
@@ -654,6 +655,7 @@ def mask_batch(
   mask_id: int,
   replacement_range: tuple[int, int],
   word_start_table: np.ndarray | None = None,
+  word_starts: tf.Tensor | None = None,
 ) -> dict[str, tf.Tensor]:
   """Applies BERT MLM masking to a batch, one stateless seed per example.
 
@@ -674,6 +676,9 @@ def mask_batch(
       from the ids in `[low, high)` that are not in `special_ids`.
     word_start_table: `[vocab_size]` bool, true for ids that begin a word;
       required when `config.whole_word_mask`.
+    word_starts: `[batch, seq_len]` int or bool, nonzero where a token begins
+      a word: word starts found in the text (`segmentation`), which replace
+      the table's where given.
 
   Returns:
     A dict: `input_ids` `[batch, seq_len]` int32, the masked ids; and, with
@@ -707,9 +712,12 @@ def mask_batch(
   num_to_predict = tf.clip_by_value(num_to_predict, 1, max_predictions)
 
   if config.whole_word_mask:
-    word_starts = _lookup(
-      tf.constant(np.asarray(word_start_table, dtype=bool)), input_ids
-    )
+    if word_starts is None:
+      word_starts = _lookup(
+        tf.constant(np.asarray(word_start_table, dtype=bool)), input_ids
+      )
+    else:
+      word_starts = tf.cast(word_starts, tf.bool)
     positions = _choose_whole_words(
       candidates, word_starts, keys, num_to_predict, max_predictions
     )

@@ -29,6 +29,9 @@ Records hold the original BERT features (int64 `input_ids`, `input_mask`,
 (int64 `masked_lm_positions`, `masked_lm_ids` `[P]`, float
 `masked_lm_weights` `[P]`), as read off the first record. Unmasked records
 are masked after batching, afresh every epoch; masked ones pass through.
+Unmasked records made for whole-word masking of Chinese text also hold
+int64 `word_starts` `[L]` (`records.CreationConfig.word_segmenter`), which
+whole-word masking then follows instead of the vocabulary's `##` rule.
 
 Order: a pure function of the config, the files and the host (for the
 default `host_sharding='files'`; see "Host sharding" for 'batch'):
@@ -189,6 +192,7 @@ class _RecordFormat:
 
   premasked: bool
   has_nsp: bool
+  has_word_starts: bool
 
 
 def _record_format(example: tf.train.Example, config) -> _RecordFormat:
@@ -214,7 +218,11 @@ def _record_format(example: tf.train.Example, config) -> _RecordFormat:
       f'Records have {lengths["masked_lm_ids"]} predictions, config has '
       f'max_predictions_per_seq={predictions}'
     )
-  return _RecordFormat(all(present), 'next_sentence_labels' in features)
+  return _RecordFormat(
+    all(present),
+    'next_sentence_labels' in features,
+    'word_starts' in features,
+  )
 
 
 def _feature_spec(config, record_format):
@@ -225,6 +233,8 @@ def _feature_spec(config, record_format):
   }
   if record_format.has_nsp:
     spec['next_sentence_labels'] = tf.io.FixedLenFeature([1], tf.int64)
+  if record_format.has_word_starts and config.mlm.whole_word_mask:
+    spec['word_starts'] = tf.io.FixedLenFeature([length], tf.int64)
   if record_format.premasked:
     spec['masked_lm_positions'] = tf.io.FixedLenFeature([predictions], tf.int64)
     spec['masked_lm_ids'] = tf.io.FixedLenFeature([predictions], tf.int64)
@@ -267,6 +277,7 @@ def _make_batch_fn(config, record_format, mask_kwargs):
         batch['input_mask'],
         seeds,
         config=config.mlm,
+        word_starts=batch.pop('word_starts', None),
         **mask_kwargs,
       )
     )

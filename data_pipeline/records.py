@@ -46,6 +46,7 @@ from data_pipeline import (
   examples,
   files,
   progress,
+  segmentation,
   tokenizers,
 )
 
@@ -80,6 +81,9 @@ class CreationConfig:
     eval_fraction: fraction of documents held out as the eval split.
     unit_chars: characters of text per unit of work; also the window random
       next sentences are drawn from.
+    word_segmenter: with `masking.whole_word_mask`, how word starts are
+      found in text with Chinese characters (`segmentation.SEGMENTERS`);
+      unmasked records then carry them as the feature `word_starts`.
   """
 
   max_seq_length: int = 128
@@ -91,8 +95,10 @@ class CreationConfig:
   masking: examples.MaskingConfig = examples.MaskingConfig()
   eval_fraction: float = 0.0
   unit_chars: int = 1 << 20
+  word_segmenter: str = 'jieba'
 
   def __post_init__(self):
+    segmentation.check_segmenter(self.word_segmenter)
     if self.max_seq_length < 5:
       raise CreationError(f'max_seq_length={self.max_seq_length} < 5')
     if not 0.0 <= self.short_seq_prob <= 1.0:
@@ -103,6 +109,11 @@ class CreationConfig:
       raise CreationError(f'dupe_factor={self.dupe_factor} < 1')
     if not 0 <= self.seed < 2**63:
       raise CreationError(f'seed={self.seed} not in [0, 2**63)')
+
+  @property
+  def segments_words(self) -> bool:
+    """Whether word starts are computed per token (not read off the ids)."""
+    return self.masking.whole_word_mask and self.word_segmenter != 'none'
 
   def dupes(self, split: str) -> int:
     """Copies made of each document of `split`."""
@@ -300,10 +311,11 @@ class Worker:
         tf.TensorSpec([None, length], tf.uint8),
         tf.TensorSpec([None, 1], tf.int32),
         tf.TensorSpec([None, 2], tf.int64),
+        tf.TensorSpec([None, length], tf.uint8),
       ],
       autograph=False,
     )
-    def finish(input_ids, input_mask, segment_ids, labels, seeds):
+    def finish(input_ids, input_mask, segment_ids, labels, seeds, starts):
       features = dict(
         input_ids=input_ids,
         input_mask=input_mask,
@@ -313,9 +325,18 @@ class Worker:
       if config.mask:
         features.update(
           examples.mask_batch(
-            input_ids, input_mask, seeds, config=config.masking, **vocab
+            input_ids,
+            input_mask,
+            seeds,
+            config=config.masking,
+            word_starts=starts if config.segments_words else None,
+            **vocab,
           )
         )
+      elif config.segments_words:
+        # The pipeline masks these records later: it needs the word starts
+        # the text gave, which the ids alone do not hold.
+        features['word_starts'] = starts
       masked = tf.reduce_sum(features.get('masked_lm_weights', 0.0))
       return serialize_examples(features), masked
 
@@ -323,13 +344,15 @@ class Worker:
 
   def tokenize(
     self, unit: Unit, stats: UnitStats
-  ) -> tuple[np.ndarray, list[list[int]]]:
+  ) -> tuple[np.ndarray, np.ndarray | None, list[list[int]]]:
     """Tokenizes a unit's documents; empty sentences are dropped (counted).
 
     Returns:
       `tokens`, `[num_tokens]` int32: the documents' tokens in order, one
-      `[SEP]` between consecutive documents; and per document with tokens,
-      its sentence boundaries as offsets into `tokens` (sentences + 1).
+      `[SEP]` between consecutive documents; `starts`, `[num_tokens]` uint8,
+      1 where a token begins a word (`segmentation`), or None unless
+      `config.segments_words`; and per document with tokens, its sentence
+      boundaries as offsets into `tokens` (sentences + 1).
     """
     sentences = [s for doc in unit.docs for s in doc]
     values, lengths = [], []
@@ -342,8 +365,11 @@ class Worker:
       stats.text_bytes += int(text_bytes)
     values = np.concatenate(values) if values else np.zeros(0, np.int32)
     lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    starts = None
+    if self.config.segments_words:
+      starts = self._word_starts(sentences, values, lengths)
     separator = np.array([self.tokenizer.sep_id], np.int32)
-    pieces, bounds = [], []
+    pieces, start_pieces, bounds = [], [], []
     offset = source = first_sentence = 0
     for number, doc in enumerate(unit.docs):
       doc_lengths = lengths[first_sentence : first_sentence + len(doc)]
@@ -359,9 +385,12 @@ class Worker:
         continue
       if bounds:
         pieces.append(separator)
+        start_pieces.append(np.ones(1, np.uint8))
         offset += 1
       count = int(kept.sum())
       pieces.append(values[source : source + count])
+      if starts is not None:
+        start_pieces.append(starts[source : source + count])
       source += count
       bounds.append([offset] + (offset + np.cumsum(kept)).tolist())
       offset += count
@@ -369,14 +398,41 @@ class Worker:
       stats.sentences += len(kept)
       stats.tokens += count
     tokens = np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
-    return tokens, bounds
+    if starts is not None:
+      starts = np.concatenate(start_pieces or [np.zeros(0, np.uint8)])
+    return tokens, starts, bounds
+
+  def _word_starts(
+    self, sentences: Sequence[str], ids: np.ndarray, lengths: np.ndarray
+  ) -> np.ndarray:
+    """`[len(ids)]` uint8 word starts of the sentences' tokens `ids` (their
+    concatenation; `lengths` per sentence), by `segmentation.word_starts`."""
+    table = self.tokenizer.word_start_table()
+    starts = table[ids].astype(np.uint8)
+    bounds = np.concatenate([[0], np.cumsum(lengths)])
+    chinese = [i for i, s in enumerate(sentences) if segmentation.has_cjk(s)]
+    texts = [sentences[i] for i in chinese]
+    encoded = self.tokenizer.encode_with_offsets(texts)
+    for i, (their_ids, _) in zip(chinese, encoded, strict=True):
+      if not np.array_equal(ids[bounds[i] : bounds[i + 1]], their_ids):
+        # The in-graph and the Python tokenizer are one function (tested);
+        # differing ids would make the word starts point at other tokens.
+        raise CreationError(
+          f'the two tokenizations of {sentences[i][:40]!r} differ'
+        )
+    found = segmentation.batch_word_starts(
+      texts, encoded, table, self.config.word_segmenter
+    )
+    for i, sentence_starts in zip(chinese, found, strict=True):
+      starts[bounds[i] : bounds[i + 1]] = sentence_starts
+    return starts
 
   def process(self, unit: Unit) -> UnitResult:
     """Creates, shuffles, masks and serializes the examples of a unit."""
     cpu_started = time.process_time()
     config = self.config
     stats = UnitStats()
-    tokens, bounds = self.tokenize(unit, stats)
+    tokens, starts, bounds = self.tokenize(unit, stats)
     pairs = examples.PairBuilder()
     dupes = config.dupes(unit.split)
     lengths = (config.max_seq_length, config.short_seq_prob)
@@ -412,6 +468,13 @@ class Worker:
       self.tokenizer.sep_id,
       order,
     )
+    if starts is None:
+      word_starts = np.zeros_like(features['input_mask'])
+    else:
+      # The same gather as the ids': [CLS] and [SEP] start words.
+      word_starts = pairs.arrays(
+        starts.astype(np.int32), config.max_seq_length, 1, 1, order
+      )['input_ids'].astype(np.uint8)
     labels = pairs.labels.astype(bool)
     possible = pairs.possible.astype(bool)
     stats.examples[unit.split] = n
@@ -429,6 +492,7 @@ class Worker:
         features['segment_ids'][part],
         features['next_sentence_labels'][part],
         seeds[part],
+        word_starts[part],
       )
       records.extend(serialized.numpy().tolist())
       stats.masked_positions += int(masked)
@@ -836,7 +900,10 @@ def _create_records(text_paths, tokenizer_path, data, max_seq_length, out):
     seed=_RUN_CREATION_SEED,
     nsp=data.nsp,
     mask=False,
+    # Only whether words are segmented matters to unmasked records.
+    masking=examples.MaskingConfig(whole_word_mask=data.whole_word_mask),
     eval_fraction=data.eval_fraction,
+    word_segmenter=data.word_segmenter,
   )
   output = OutputOptions(
     output_dir=out,
@@ -904,8 +971,9 @@ def prepare_data(
     FileNotFoundError: an input or eval pattern matches nothing, or the
       tokenizer file is missing.
     ValueError: TFRecord inputs without a tokenizer, inputs that mix
-      records and text, an unknown demo corpus.
+      records and text, an unknown demo corpus or word segmenter.
   """
+  segmentation.check_segmenter(data.word_segmenter)
   patterns = documents.split_patterns(data.input_files)
   demo = not patterns
   root = (
@@ -963,6 +1031,10 @@ def prepare_data(
       data.max_predictions_per_seq,
       _RUN_CREATION_SEED,
     ]
+    if data.whole_word_mask and data.word_segmenter != 'none':
+      # Records with word starts; without, the settings (and so the cached
+      # records of earlier runs) are as before.
+      settings.append(['word_starts', data.word_segmenter])
     out = os.path.join(root, 'records', _fingerprint(settings))
     if is_writer:
       _create_run_records(paths, tokenizer_path, data, max_seq_length, out)

@@ -52,7 +52,7 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 import tokenizers as hf_tokenizers
 from absl import logging
-from sentencepiece import sentencepiece_model_pb2
+from sentencepiece import sentencepiece_model_pb2, sentencepiece_pb2
 
 from data_pipeline import files, progress
 
@@ -352,9 +352,12 @@ class SentencePieceTokenizer(Tokenizer):
     out = []
     for text, proto in zip(
       texts,
-      self._processor.encode(list(texts), out_type='immutable_proto'),
+      # Serialized protos: what every sentencepiece 0.2 returns alike
+      # ('immutable_proto' is gone from 0.2.3, 'proto' is new in it).
+      self._processor.encode(list(texts), out_type='serialized_proto'),
       strict=True,
     ):
+      proto = sentencepiece_pb2.SentencePieceText.FromString(proto)
       # SentencePiece gives byte offsets into the UTF-8 text.
       char_at = np.zeros(len(text.encode('utf-8')) + 1, np.int64)
       position = 0

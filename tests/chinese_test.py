@@ -551,35 +551,66 @@ def test_bert_base_chinese_round_trip_with_transformers(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('task', ['classification'])
 def test_chinese_fine_tuning_runs_from_bert_base_chinese(
-  bert_base_chinese, tmp_path
+  bert_base_chinese, task, tmp_path
 ):
-  """The Chinese sentiment task of the fine-tuning tests, started from the
-  bert-base-chinese-shaped checkpoint (a few steps: BERT-base on 2 CPU
-  cores; learning is tested from a tiny model in finetune_test)."""
+  """The Chinese tasks of the fine-tuning tests (review sentiment, People's
+  Daily NER), started from the bert-base-chinese-shaped checkpoint: two
+  steps each (BERT-base on 2 CPU cores; that they learn is tested from a
+  tiny model in finetune_test)."""
   import csv
 
   from bertjax import tasks
-  from configs.finetune import classification
+  from configs.finetune import classification, ner
 
   hf_dir, _ = bert_base_chinese
-  reviews = corpus_readers.chinese_sentiment()[::500]
-  random.Random(0).shuffle(reviews)  # negatives come first in the files
-  rows = [(r.text, corpus_readers.SENTIMENT_LABELS[r.label]) for r in reviews]
-  for name, part in (('train', rows[:32]), ('eval', rows[32:48])):
-    with open(tmp_path / f'{name}.csv', 'w', encoding='utf-8', newline='') as f:
-      writer = csv.writer(f)
-      writer.writerow(['text', 'label'])
-      writer.writerows(part)
-  config = classification.get_config()
+  if task == 'classification':
+    reviews = corpus_readers.chinese_sentiment()[::500]
+    random.Random(0).shuffle(reviews)  # negatives come first in the files
+    rows = [(r.text, corpus_readers.SENTIMENT_LABELS[r.label]) for r in reviews]
+    parts = {'train': rows[:32], 'eval': rows[32:48]}
+    for name, part in parts.items():
+      path = tmp_path / f'{name}.csv'
+      with open(path, 'w', encoding='utf-8', newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(['text', 'label'])
+        writer.writerows(part)
+    config, metric = classification.get_config(), 'accuracy'
+    labels = ['negative', 'positive']
+  else:
+    sentences = corpus_readers.peoples_daily_ner()[1:49]
+    parts = {'train': sentences[:32], 'eval': sentences[32:]}
+    for name, part in parts.items():
+      with open(tmp_path / f'{name}.conll', 'w', encoding='utf-8') as f:
+        for s in part:
+          for word, label in zip(s.words, s.labels, strict=True):
+            f.write(f'{word} {"O" if label == "O" else "B-" + label}\n')
+          f.write('\n')
+    config, metric = ner.get_config(), 'f1'
+    labels = None
+  extension = 'csv' if task == 'classification' else 'conll'
   config.init = str(hf_dir)
   config.batch_size = 16
   config.max_seq_length = 64
   config.num_train_epochs = 1.0
-  config.data.train_file = str(tmp_path / 'train.csv')
-  config.data.eval_file = str(tmp_path / 'eval.csv')
+  config.data.train_file = str(tmp_path / f'train.{extension}')
+  config.data.eval_file = str(tmp_path / f'eval.{extension}')
   result = tasks.finetune(config, str(tmp_path / 'run'))
-  assert 0.0 <= result['best/eval/accuracy'] <= 1.0, result
+  assert 0.0 <= result[f'best/eval/{metric}'] <= 1.0, result
   tuned = tasks.load_tuned(str(tmp_path / 'run'))
   assert tuned.config.vocab_size == 21_128
-  assert sorted(tuned.labels) == ['negative', 'positive']
+  if labels:
+    assert sorted(tuned.labels) == labels
+  else:
+    assert 'B-PER' in tuned.labels and 'B-LOC' in tuned.labels
+
+
+def test_word_starts_of_no_text_and_of_texts_without_tokens(wordpiece):
+  table = wordpiece.word_start_table()
+  assert segmentation.batch_word_starts([], [], table, 'jieba') == []
+  texts = ['中国', '', '我们学习']
+  found = segmentation.batch_word_starts(
+    texts, wordpiece.encode_with_offsets(texts), table, 'jieba'
+  )
+  assert [s.tolist() for s in found] == [[True, False], [], [True, False] * 2]

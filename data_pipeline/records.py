@@ -385,7 +385,8 @@ class Worker:
         continue
       if bounds:
         pieces.append(separator)
-        start_pieces.append(np.ones(1, np.uint8))
+        if starts is not None:
+          start_pieces.append(np.ones(1, np.uint8))  # [SEP] starts a word
         offset += 1
       count = int(kept.sum())
       pieces.append(values[source : source + count])
@@ -406,7 +407,8 @@ class Worker:
     self, sentences: Sequence[str], ids: np.ndarray, lengths: np.ndarray
   ) -> np.ndarray:
     """`[len(ids)]` uint8 word starts of the sentences' tokens `ids` (their
-    concatenation; `lengths` per sentence), by `segmentation.word_starts`."""
+    concatenation; `lengths` per sentence): the vocabulary's, and for the
+    sentences with Chinese characters `segmentation.batch_word_starts`."""
     table = self.tokenizer.word_start_table()
     starts = table[ids].astype(np.uint8)
     bounds = np.concatenate([[0], np.cumsum(lengths)])

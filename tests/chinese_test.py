@@ -551,7 +551,7 @@ def test_bert_base_chinese_round_trip_with_transformers(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('task', ['classification'])
+@pytest.mark.parametrize('task', ['classification', 'ner'])
 def test_chinese_fine_tuning_runs_from_bert_base_chinese(
   bert_base_chinese, task, tmp_path
 ):

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bertjax import model
@@ -102,13 +103,37 @@ def create_mesh(
   shape: Sequence[int] = (-1, 1, 1), devices: Sequence[Any] | None = None
 ) -> Mesh:
   """A `(data, fsdp, tensor)` mesh (one size may be -1: the rest) over
-  `devices`, by default every process's."""
+  `devices`, by default every process's.
+
+  Devices of several TPU slices (multi-slice: their `slice_index` differs)
+  split the `data` axis across slices and the rest within each slice: the
+  slices talk over the data-centre network, far slower than the chips'
+  interconnect, and data parallelism needs only one gradient all-reduce a
+  step there.
+
+  Raises:
+    MeshError: a shape the devices cannot form.
+  """
   devices = jax.devices() if devices is None else list(devices)
   shape = resolve_mesh_shape(shape, len(devices))
   # Auto axes keep GSPMD propagation with sharding constraints (the model
   # constrains activations by logical names).
   axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
-  return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
+  slices = len({getattr(d, 'slice_index', 0) for d in devices})
+  if slices == 1:
+    return jax.make_mesh(
+      shape, MESH_AXES, axis_types=axis_types, devices=devices
+    )
+  if shape[0] % slices:
+    raise MeshError(
+      f'mesh shape {dict(zip(MESH_AXES, shape))} over {slices} slices: the '
+      f'data axis must be a multiple of {slices} (it spans the slices)'
+    )
+  per_slice = (shape[0] // slices, *shape[1:])
+  grid = mesh_utils.create_hybrid_device_mesh(
+    per_slice, (slices, 1, 1), devices
+  )
+  return Mesh(grid, MESH_AXES, axis_types=axis_types)
 
 
 def _fit_spec(spec: PartitionSpec, shape, mesh: Mesh) -> PartitionSpec:

@@ -86,31 +86,6 @@ def _pretrain(config, workdir: str) -> None:
   trainer.train_and_evaluate(config, workdir)
 
 
-def _parse_flags(argv):
-  """absl's parser, with config-override mistakes as one line + exit 2.
-
-  `--config.bach_size=3` fails inside ml_collections while flags are parsed,
-  before `main` runs.
-  """
-  args = argv[1:]
-  for i, arg in enumerate(args):
-    value = (
-      arg[len('--config=') :]
-      if arg.startswith('--config=')
-      else (args[i + 1] if arg == '--config' and i + 1 < len(args) else None)
-    )
-    if value is not None:
-      path = value.split(':', 1)[0]
-      if not os.path.isfile(path):
-        # ml_collections would report it wrapped in two other messages.
-        cli.fail(f'--config: {path}: no such file')
-  try:
-    return cli.parse_flags(argv)
-  except (AttributeError, KeyError, ValueError, TypeError) as e:
-    message = ' '.join(str(e).replace('\\n', ' ').split()).strip('\'"')
-    cli.fail('bad flag: ' + message.replace("\\'", "'"))
-
-
 def launch(run: Callable[[Any, str], Any]) -> None:
   """Runs `run(config, workdir)` as a command with this module's flags:
   `--config` (with overrides), `--workdir` and the multi-process ones. The
@@ -118,7 +93,7 @@ def launch(run: Callable[[Any, str], Any]) -> None:
   cli.restart_with_malloc_huge_pages()
   # The run's progress lines are INFO: show them by default.
   flags.FLAGS.set_default('verbosity', logging.INFO)
-  cli.run(_main(run), flags_parser=_parse_flags)
+  cli.run(_main(run), flags_parser=cli.parse_config_flags)
 
 
 if __name__ == '__main__':

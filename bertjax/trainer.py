@@ -18,7 +18,7 @@ import functools
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import flax.linen as nn
@@ -57,17 +57,21 @@ class RunShape:
   num_devices: int
 
 
-def compute_run_shape(config: ml_collections.ConfigDict) -> RunShape:
-  """Makes the mesh `config.mesh` asks for, checks the batch against it and
-  splits it per host and micro-batch.
+def compute_run_shape(
+  config: ml_collections.ConfigDict, devices: Sequence[Any] | None = None
+) -> RunShape:
+  """Makes the mesh `config.mesh` asks for over `devices` (by default every
+  process's; `bertjax.aot` passes a TPU slice's), checks the batch against
+  it and splits it per host and micro-batch.
 
   Raises:
     sharding.MeshError: a mesh the devices cannot form.
     TrainingError: a batch that the data-parallel size, the host count or
       the micro-batch count does not divide.
   """
-  mesh = sharding.create_mesh(tuple(config.mesh.shape))
-  process_count = jax.process_count()
+  devices = jax.devices() if devices is None else list(devices)
+  mesh = sharding.create_mesh(tuple(config.mesh.shape), devices)
+  process_count = len({d.process_index for d in devices})
   data_parallel = mesh.shape[sharding.DATA] * mesh.shape[sharding.FSDP]
   global_batch = int(config.batch_size)
   micro = int(config.micro_batches)
@@ -103,7 +107,7 @@ def compute_run_shape(config: ml_collections.ConfigDict) -> RunShape:
     per_host_batch=global_batch // process_count,
     micro_batches=micro,
     total_steps=int(config.num_train_steps),
-    num_devices=jax.device_count(),
+    num_devices=len(devices),
   )
 
 

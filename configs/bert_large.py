@@ -21,5 +21,5 @@ def get_config(arg=None):
   with config.unlocked():
     # BERT-large keeps activations of 24 layers: rematerialise the cheap
     # ones so seq 512 fits.
-    config.model.remat_policy = 'dots_no_batch'
+    config.model.remat_policy = 'dots'
   return config

@@ -106,6 +106,32 @@ def parse_flags(argv: list[str]) -> list[str]:
     fail(f'{e} (--helpshort lists the flags)')
 
 
+def parse_config_flags(argv: list[str]) -> list[str]:
+  """`parse_flags` for a command with an ml_collections `--config` flag:
+  a missing recipe file and a bad override are one line and exit 2 too.
+
+  `--config.bach_size=3` fails inside ml_collections while flags are parsed,
+  before `main` runs.
+  """
+  args = argv[1:]
+  for i, arg in enumerate(args):
+    value = (
+      arg[len('--config=') :]
+      if arg.startswith('--config=')
+      else (args[i + 1] if arg == '--config' and i + 1 < len(args) else None)
+    )
+    if value is not None:
+      path = value.split(':', 1)[0]
+      if not os.path.isfile(path):
+        # ml_collections would report it wrapped in two other messages.
+        fail(f'--config: {path}: no such file')
+  try:
+    return parse_flags(argv)
+  except (AttributeError, KeyError, ValueError, TypeError) as e:
+    message = ' '.join(str(e).replace('\\n', ' ').split()).strip('\'"')
+    fail('bad flag: ' + message.replace("\\'", "'"))
+
+
 # Libraries whose INFO logs bury what a command has to say: Orbax logs some
 # twenty lines per checkpoint saved or restored.
 # jax's xla_bridge says at INFO, on every CPU machine, that it found no TPU.

@@ -2,7 +2,7 @@ r"""README.md's table of recipes x Cloud TPU slices, compiled on this host.
 
   pip install -e '.[tpu]'
   python benchmarks/aot_table.py [--topologies=v5litepod-16,v5p-128] \
-    [--recipes=bert_base.py:phase=1,bert_large.py:phase=2]
+    [--recipes='bert_base.py:phase=1,bert_large.py:phase=2;optimizer=lamb']
 
 Compiles each recipe's train step for each slice with `bertjax.aot`, as
 the recipe stands (its own mesh, batch and micro-batches), and prints a
@@ -20,32 +20,25 @@ os.environ.setdefault('TPU_WORKER_HOSTNAMES', 'localhost')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+import argparse  # noqa: E402
+import importlib  # noqa: E402
 
+# (bertjax.aot's own flags are defined, not parsed: argparse here.)
 from bertjax import aot  # noqa: E402
 
-_TOPOLOGIES = flags.DEFINE_list(
-  'topologies', ['v5litepod-16', 'v5litepod-256', 'v5p-128'], 'Slices.'
-)
-_RECIPES = flags.DEFINE_list(
-  'recipes',
-  [
-    'bert_base.py:phase=1',
-    'bert_base.py:phase=2',
-    'bert_large.py:phase=1',
-    'bert_large.py:phase=2',
-    'bert_large.py:phase=1,optimizer=lamb',
-  ],
-  'Recipe files in configs/, with their arguments.',
+_RECIPES = (
+  'bert_base.py:phase=1',
+  'bert_base.py:phase=2',
+  'bert_large.py:phase=1',
+  'bert_large.py:phase=2',
+  'bert_large.py:phase=1;optimizer=lamb',
 )
 
 
 def _row(recipe: str, topology: str) -> str:
   path, _, arg = recipe.partition(':')
-  config = config_flags.load_config_file(
-    os.path.join('configs', path) + (f':{arg}' if arg else '')
-  )
+  recipe_module = importlib.import_module(f'configs.{path.removesuffix(".py")}')
+  config = recipe_module.get_config(arg or None)
   tpu = aot.parse_topology(topology)
   what = f'`{path.removesuffix(".py")}{":" + arg if arg else ""}`'
   try:
@@ -72,17 +65,26 @@ def _row(recipe: str, topology: str) -> str:
   )
 
 
-def main(argv):
-  del argv
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument(
+    '--topologies', default='v5litepod-16,v5litepod-256,v5p-128'
+  )
+  parser.add_argument(
+    '--recipes',
+    default=','.join(_RECIPES),
+    help="recipes in configs/ with their arguments, ';' between arguments",
+  )
+  args = parser.parse_args()
   print(
     '| recipe | slice | peak memory per chip | compile | step at 50% MFU '
     '| tokens/s | time to train |'
   )
   print('|---|---|---|---|---|---|---|')
-  for recipe in _RECIPES.value:
-    for topology in _TOPOLOGIES.value:
-      print(_row(recipe, topology), flush=True)
+  for recipe in args.recipes.split(','):
+    for topology in args.topologies.split(','):
+      print(_row(recipe.replace(';', ','), topology), flush=True)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  main()

@@ -55,13 +55,11 @@ def _row(recipe: str, topology: str) -> str:
       '| | | | |'
     )
   mesh = 'x'.join(str(v) for v in r.mesh.values())
-  hours = r.train_hours
-  duration = f'{hours:.3g} h' if hours < 48 else f'{hours / 24:.3g} days'
   return (
     f'| {what} | {topology} | {r.peak / aot.GIB:.1f} of {tpu.hbm_gib:g} GiB '
     f'(mesh {mesh}, batch {r.global_batch}) | {r.compile_s:.0f} s | '
     f'{r.step_s * 1e3:.3g} ms | {r.tokens_per_s / 1e6:.2f} M | '
-    f'{r.num_train_steps:,} steps: {duration} |'
+    f'{r.num_train_steps:,} steps: {aot.format_duration(r.train_hours)} |'
   )
 
 

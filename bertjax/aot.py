@@ -397,18 +397,25 @@ def compile_train_step(
   return report
 
 
+def format_duration(hours: float) -> str:
+  """`hours` in the unit a reader wants: s, min, h or days."""
+  if hours < 1 / 60:
+    return f'{hours * 3600:.3g} s'
+  if hours < 1:
+    return f'{hours * 60:.3g} min'
+  return f'{hours:.3g} h' if hours < 48 else f'{hours / 24:.3g} days'
+
+
 def format_report(report: Report, what: str) -> str:
   """The report as the command prints it."""
   gib = lambda n: f'{n / GIB:.2f} GiB'  # noqa: E731
   slices = f' x {report.num_slices} slices' if report.num_slices > 1 else ''
   mesh = ', '.join(f'{k} {v}' for k, v in report.mesh.items())
   collectives = ', '.join(f'{k} {v}' for k, v in report.collectives.items())
-  hours = report.train_hours
-  duration = f'{hours:.3g} h' if hours < 48 else f'{hours / 24:.3g} days'
   return '\n'.join(
     [
       f'{what} on {report.topology}{slices}: {report.chips * report.num_slices}'
-      f' chips, {report.hosts} hosts, mesh ({mesh})',
+      f' chips, {report.hosts} host{"s" * (report.hosts > 1)}, mesh ({mesh})',
       f'  compiled in {report.compile_s:.1f} s; fits: peak {gib(report.peak)}'
       f' of {gib(report.hbm)} HBM per chip ({report.peak / report.hbm:.0%})',
       f'  per chip: arguments {gib(report.arguments)}, outputs '
@@ -420,7 +427,7 @@ def format_report(report: Report, what: str) -> str:
       f'  at {PROJECTED_MFU:.0%} MFU of {report.peak_flops_per_chip / 1e12:g}'
       f' TFLOP/s per chip: {report.step_s * 1e3:.3g} ms per step, '
       f'{report.tokens_per_s:,.0f} tokens/s, {report.num_train_steps:,} '
-      f'steps in {duration}',
+      f'steps in {format_duration(report.train_hours)}',
     ]
   )
 

@@ -61,7 +61,7 @@ def is_user_error(error: BaseException) -> bool:
   if module == '__main__':  # A class of the command run as `python -m`.
     spec = getattr(sys.modules['__main__'], '__spec__', None)
     module = spec.name if spec else module
-  if module.split('.')[0] in ('bertjax', 'data_pipeline', 'configs'):
+  if module.split('.')[0] in ('bertjax', 'data_pipeline', 'configs', 'launch'):
     return True
   if isinstance(error, OSError):
     return True
@@ -157,14 +157,16 @@ class _QuietLibraries(logging.logging.Filter):
 def run(
   main: Callable[[list[str]], None],
   flags_parser: Callable[[list[str]], list[str]] = parse_flags,
+  takes_arguments: bool = False,
 ) -> None:
   """`absl.app.run(main)`, with user errors as one line and exit status 2;
-  `main(argv)` gets only the program name in `argv` (more is an error)."""
+  `main(argv)` gets the program name in `argv`, and the arguments that are
+  not flags if `takes_arguments` (else they are an error)."""
 
   def checked(argv: list[str]) -> None:
     logging.get_absl_handler().addFilter(_QuietLibraries())
     try:
-      if len(argv) > 1:
+      if len(argv) > 1 and not takes_arguments:
         raise UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
       main(argv)
     except Preempted as e:

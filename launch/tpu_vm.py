@@ -1,88 +1,305 @@
-r"""Run bertjax training on every worker of a Cloud TPU VM slice.
+r"""A Cloud TPU VM slice from creation to deletion.
 
-  python -m launch.tpu_vm --tpu=my-v5e-256 --zone=us-west4-a \
-    --repo_dir='~/bertjax' -- \
-    --config=configs/bert_base.py:phase=1 --workdir=gs://BUCKET/run1
+  python -m launch.tpu_vm create --tpu=bert1 --zone=us-east5-a \
+    --accelerator_type=v5p-128 [--spot] [--queued] \
+    -- --config=configs/bert_large.py:phase=1
+  python -m launch.tpu_vm setup --tpu=bert1 --zone=us-east5-a
+  python -m launch.tpu_vm train --tpu=bert1 --zone=us-east5-a \
+    --accelerator_type=v5p-128 \
+    -- --config=configs/bert_large.py:phase=1 --workdir=gs://BUCKET/large1
+  python -m launch.tpu_vm status|logs|stop|delete --tpu=bert1 --zone=us-east5-a
 
-Everything after `--` is passed to `python -m bertjax.train` (with
-`--multihost` added: `jax.distributed.initialize()` finds the slice's
-workers by itself). The remote command is built with `shlex.quote` on every
-argument, and gcloud is run without a shell, so nothing in a flag value is
-ever interpreted twice. `--dry_run` prints the gcloud command instead.
+- `create` makes the slice (`--spot`: preemptible; `--queued`: a queued
+  resource, granted when capacity frees up) with the runtime of its TPU
+  generation.
+- `setup` copies this checkout's committed files (`git archive HEAD`) to
+  every worker and installs them with the `tpu` extra.
+- `train` starts `python -m bertjax.train --multihost` with the flags after
+  `--` on every worker, detached from SSH (it survives a dropped
+  connection), its output in `--log_file` on each worker;
+  `jax.distributed.initialize()` finds the workers by itself.
+- `status` shows the slice's state and the training process of each worker;
+  `logs` the end of worker `--worker`'s log (`--follow` keeps reading).
+- `stop` sends SIGTERM to the training processes: each saves its step and
+  exits, and `train` again resumes from there.
+- `delete` deletes the slice (or the queued resource).
+
+Before `create` and `train`, the recipe after `--` is compiled for
+`--accelerator_type` on this machine (`python -m bertjax.aot`, which needs
+libtpu: `pip install -e '.[tpu]'`); a recipe that does not fit is refused
+with the compiler's figures, unless `--skip_aot_check`.
+
+Every gcloud command runs without a shell, and every argument of a remote
+command is quoted with `shlex.quote`, so nothing in a flag value is ever
+interpreted twice. `--dry_run` prints each command instead of running it.
 """
 
+import os
 import shlex
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 
-from absl import app, flags
+from absl import flags
 
-_TPU = flags.DEFINE_string('tpu', None, 'TPU VM name.')
-_ZONE = flags.DEFINE_string('zone', None, 'GCP zone of the TPU VM.')
+from data_pipeline import cli
+
+COMMANDS = ('create', 'setup', 'train', 'status', 'logs', 'stop', 'delete')
+
+_TPU = flags.DEFINE_string('tpu', None, 'TPU VM (slice) name.')
+_ZONE = flags.DEFINE_string('zone', None, 'GCP zone of the slice.')
 _PROJECT = flags.DEFINE_string('project', None, 'GCP project (optional).')
+_ACCELERATOR_TYPE = flags.DEFINE_string(
+  'accelerator_type', None, 'e.g. v4-32, v5litepod-16, v5p-128 (create).'
+)
+_RUNTIME_VERSION = flags.DEFINE_string(
+  'runtime_version', None, "TPU VM image; by default the generation's."
+)
+_SPOT = flags.DEFINE_bool('spot', False, 'Spot (preemptible) capacity.')
+_QUEUED = flags.DEFINE_bool(
+  'queued', False, 'Ask for the slice as a queued resource.'
+)
 _REPO_DIR = flags.DEFINE_string(
-  'repo_dir', '~/bertjax', 'Checkout of bertjax on the workers.'
+  'repo_dir', '~/bertjax', 'Where the code lives on the workers.'
 )
 _PYTHON = flags.DEFINE_string('python', 'python3', 'Python on the workers.')
+_ENV = flags.DEFINE_list(
+  'env', [], 'KEY=VALUE pairs set for the training processes.'
+)
+_LOG_FILE = flags.DEFINE_string(
+  'log_file', '~/bertjax_train.log', "Each worker's training log."
+)
+_WORKER = flags.DEFINE_string('worker', '0', 'Worker whose log `logs` shows.')
+_LINES = flags.DEFINE_integer('lines', 100, 'Log lines `logs` shows.')
+_FOLLOW = flags.DEFINE_bool('follow', False, '`logs` keeps reading.')
+_SKIP_AOT_CHECK = flags.DEFINE_bool(
+  'skip_aot_check', False, 'Create or train without compiling first.'
+)
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print, do not run.')
 
+# The TPU VM image of each generation (Cloud TPU's documented runtimes).
+_RUNTIMES = {
+  'v4': 'tpu-ubuntu2204-base',
+  'v5litepod': 'v2-alpha-tpuv5-lite',
+  'v5e': 'v2-alpha-tpuv5-lite',
+  'v5p': 'v2-alpha-tpuv5',
+  'v6e': 'v2-alpha-tpuv6e',
+}
 
-def build_remote_command(
-  repo_dir: str, python: str, train_args: Sequence[str]
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class LaunchError(ValueError):
+  """A launcher command that cannot go on as asked."""
+
+
+def remote_path(path: str) -> str:
+  """`path` quoted for the remote shell, a leading `~/` left for it to
+  expand."""
+  if path.startswith('~/'):
+    return '~/' + shlex.quote(path[2:])
+  return shlex.quote(path)
+
+
+def build_train_command(
+  repo_dir: str,
+  python: str,
+  train_args: Sequence[str],
+  env: Sequence[str] = (),
+  log_file: str = '~/bertjax_train.log',
 ) -> str:
-  """The shell command each worker runs; every argument quoted.
-
-  `~` at the start of repo_dir is left for the remote shell to expand.
-  """
-  if repo_dir.startswith('~/'):
-    cd = '~/' + shlex.quote(repo_dir[2:])
-  else:
-    cd = shlex.quote(repo_dir)
+  """The shell command each worker runs: the training command, detached
+  from the SSH session (setsid, nohup, no terminal), its output appended
+  to `log_file`."""
+  exports = []
+  for pair in env:
+    key, sep, value = pair.partition('=')
+    if not sep or not key.isidentifier():
+      raise LaunchError(f'--env: {pair!r} is not KEY=VALUE')
+    exports.append(f'export {key}={shlex.quote(value)} && ')
   train = [python, '-m', 'bertjax.train', '--multihost', *train_args]
-  return f'cd {cd} && ' + ' '.join(shlex.quote(a) for a in train)
+  return (
+    f'cd {remote_path(repo_dir)} && {"".join(exports)}'
+    f'setsid nohup {shlex.join(train)} >> {remote_path(log_file)} 2>&1 '
+    '< /dev/null &'
+  )
 
 
-def build_gcloud_command(
-  tpu: str,
-  zone: str,
-  project: str | None,
-  remote_command: str,
-) -> list[str]:
-  """argv of `gcloud compute tpus tpu-vm ssh` on all workers (no shell)."""
-  argv = [
-    'gcloud',
-    'compute',
-    'tpus',
-    'tpu-vm',
-    'ssh',
-    tpu,
-    f'--zone={zone}',
-    '--worker=all',
-    f'--command={remote_command}',
-  ]
-  if project:
-    argv.insert(6, f'--project={project}')
+def _gcloud(*args: str) -> list[str]:
+  argv = ['gcloud', 'compute', 'tpus', *args, f'--zone={_ZONE.value}']
+  if _PROJECT.value:
+    argv.append(f'--project={_PROJECT.value}')
   return argv
 
 
-def main(argv: Sequence[str]) -> None:
-  train_args = list(argv[1:])
-  if not _TPU.value or not _ZONE.value:
-    raise app.UsageError('--tpu and --zone are required')
-  if not any(a.startswith('--config') for a in train_args):
-    raise app.UsageError('pass the training flags after --, e.g. --config=...')
-  command = build_gcloud_command(
+def _ssh(command: str, worker: str = 'all') -> list[str]:
+  return _gcloud(
+    'tpu-vm',
+    'ssh',
     _TPU.value,
-    _ZONE.value,
-    _PROJECT.value,
-    build_remote_command(_REPO_DIR.value, _PYTHON.value, train_args),
+    f'--worker={worker}',
+    f'--command={command}',
   )
-  if _DRY_RUN.value:
-    print(shlex.join(command))
-    return
-  sys.exit(subprocess.call(command))
+
+
+def _runtime_version(accelerator_type: str) -> str:
+  if _RUNTIME_VERSION.value:
+    return _RUNTIME_VERSION.value
+  generation = accelerator_type.split('-')[0]
+  if generation not in _RUNTIMES:
+    raise LaunchError(
+      f'no default runtime for accelerator type {accelerator_type!r}: pass '
+      '--runtime_version'
+    )
+  return _RUNTIMES[generation]
+
+
+def build_commands(command: str, train_args: Sequence[str]) -> list[list[str]]:
+  """The argv of each program `command` runs, in order (gcloud, and git
+  for `setup`)."""
+  tpu = _TPU.value
+  if command == 'create':
+    accelerator = _ACCELERATOR_TYPE.value
+    runtime = _runtime_version(accelerator)
+    if _QUEUED.value:
+      argv = _gcloud(
+        'queued-resources',
+        'create',
+        tpu,
+        f'--node-id={tpu}',
+        f'--accelerator-type={accelerator}',
+        f'--runtime-version={runtime}',
+      )
+    else:
+      argv = _gcloud(
+        'tpu-vm',
+        'create',
+        tpu,
+        f'--accelerator-type={accelerator}',
+        f'--version={runtime}',
+      )
+    return [argv + (['--spot'] if _SPOT.value else [])]
+  if command == 'setup':
+    archive = os.path.join(tempfile.gettempdir(), f'bertjax-{tpu}.tar.gz')
+    install = (
+      f'mkdir -p {remote_path(_REPO_DIR.value)} && '
+      f'tar -xzf ~/bertjax.tar.gz -C {remote_path(_REPO_DIR.value)} && '
+      f'cd {remote_path(_REPO_DIR.value)} && '
+      f"{shlex.quote(_PYTHON.value)} -m pip install -q -e '.[tpu]'"
+    )
+    return [
+      ['git', '-C', _ROOT, 'archive', '--format=tar.gz', '-o', archive, 'HEAD'],
+      _gcloud(
+        'tpu-vm', 'scp', archive, f'{tpu}:~/bertjax.tar.gz', '--worker=all'
+      ),
+      _ssh(install),
+    ]
+  if command == 'train':
+    return [
+      _ssh(
+        build_train_command(
+          _REPO_DIR.value,
+          _PYTHON.value,
+          train_args,
+          _ENV.value,
+          _LOG_FILE.value,
+        )
+      )
+    ]
+  if command == 'status':
+    kind = 'queued-resources' if _QUEUED.value else 'tpu-vm'
+    return [
+      _gcloud(kind, 'describe', tpu),
+      _ssh(
+        "pgrep -af 'bertjax[.]train' || echo 'no training process on' "
+        '"$(hostname)"'
+      ),
+    ]
+  if command == 'logs':
+    tail = ['tail', '-n', str(_LINES.value)] + (['-F'] if _FOLLOW.value else [])
+    return [
+      _ssh(f'{shlex.join(tail)} {remote_path(_LOG_FILE.value)}', _WORKER.value)
+    ]
+  if command == 'stop':
+    return [_ssh("pkill -TERM -f 'bertjax[.]train' || true")]
+  if command == 'delete':
+    if _QUEUED.value:
+      return [_gcloud('queued-resources', 'delete', tpu, '--force', '--quiet')]
+    return [_gcloud('tpu-vm', 'delete', tpu, '--quiet')]
+  raise LaunchError(f'{command!r} is not one of {", ".join(COMMANDS)}')
+
+
+def check_recipe_fits(accelerator_type: str, train_args: Sequence[str]) -> None:
+  """Compiles the recipe in `train_args` (its `--config` flags) for the
+  slice with `python -m bertjax.aot`, printing its report.
+
+  Raises:
+    LaunchError: the recipe does not compile or fit there (the compiler's
+      line, and how to go on regardless).
+  """
+  config = [a for a in train_args if a.startswith('--config')]
+  if not config:
+    raise LaunchError(
+      'give the recipe after --, e.g. -- --config=configs/bert_base.py, to '
+      'check that it fits (or --skip_aot_check)'
+    )
+  result = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'bertjax.aot',
+      f'--topology={accelerator_type}',
+      *config,
+    ],
+    cwd=_ROOT,
+    capture_output=True,
+    text=True,
+  )
+  if result.returncode:
+    lines = result.stderr.strip().splitlines() or ['failed']
+    last = lines[-1].removeprefix('bertjax.aot: error: ')
+    raise LaunchError(f'{last} (--skip_aot_check goes on regardless)')
+  print(result.stdout, end='', flush=True)
+
+
+def _check_flags(command: str, train_args: Sequence[str]) -> None:
+  if not _TPU.value or not _ZONE.value:
+    raise cli.UsageError('--tpu and --zone are required')
+  if command in ('create', 'train') and not _SKIP_AOT_CHECK.value:
+    if not _ACCELERATOR_TYPE.value:
+      raise cli.UsageError(
+        f'{command} checks the recipe for --accelerator_type: pass it (or '
+        '--skip_aot_check)'
+      )
+  if command == 'create' and not _ACCELERATOR_TYPE.value:
+    raise cli.UsageError('create needs --accelerator_type, e.g. v5p-128')
+  if command == 'train' and not any(
+    a.startswith('--config') for a in train_args
+  ):
+    raise cli.UsageError('pass the training flags after --, e.g. --config=...')
+  if command not in ('create', 'train') and train_args:
+    raise cli.UsageError(f'{command} takes no arguments after --')
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) < 2 or argv[1] not in COMMANDS:
+    given = f' {argv[1]!r}' if len(argv) > 1 else ''
+    raise cli.UsageError(
+      f'the command{given} is not one of {", ".join(COMMANDS)}'
+    )
+  command, train_args = argv[1], list(argv[2:])
+  _check_flags(command, train_args)
+  if command in ('create', 'train') and not _SKIP_AOT_CHECK.value:
+    check_recipe_fits(_ACCELERATOR_TYPE.value, train_args)
+  for step in build_commands(command, train_args):
+    if _DRY_RUN.value:
+      print(shlex.join(step))
+      continue
+    status = subprocess.call(step)
+    if status:
+      raise LaunchError(f'{shlex.join(step[:4])} ... exited with {status}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, takes_arguments=True)

@@ -1,50 +1,329 @@
-"""Launchers quote every argument they hand to a shell or to gcloud."""
+"""The launchers, run for real against fake `gcloud`, `sbatch`, `srun` and
+`python3` executables on PATH that record how they were called.
 
+The remote command the TPU launcher hands to `gcloud ... ssh --command` is
+run by a real local bash, as a worker's shell would run it, so quoting is
+checked by the shell itself, not by a re-implementation of it.
+"""
+
+import json
+import os
 import shlex
 import subprocess
 import sys
+import tarfile
+import time
 
-from launch import tpu_vm
+import pytest
+
+from bertjax import aot
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+HOSTILE = [
+  '--config=configs/bert_base.py:phase=1',
+  "--workdir=gs://b/run; rm -rf / #'$(id)`x`",
+  '--config.data.input_files=gs://b/a b/*.tfrecord',
+  '--config.seed=1 && echo pwned',
+]
+
+# Records argv (and the environment variable named in FAKE_ENV_KEY) as one
+# JSON line in $FAKE_LOG; as `sbatch`, then runs the batch script as SLURM
+# would on the first node.
+_FAKE = """#!{python}
+import json, os, subprocess, sys
+name = os.path.basename(sys.argv[0])
+key = os.environ.get('FAKE_ENV_KEY', '')
+with open(os.environ['FAKE_LOG'], 'a') as f:
+  f.write(json.dumps([name, *sys.argv[1:], os.environ.get(key)]) + '\\n')
+if name == 'sbatch':
+  script = next(i for i, a in enumerate(sys.argv) if a.endswith('.sbatch'))
+  sys.exit(subprocess.call(['bash', *sys.argv[script:]]))
+"""
 
 
-class TpuVmTest:
-  def test_hostile_arguments_survive_one_shell_parse(self):
-    args = [
-      '--config=configs/bert_base.py:phase=1',
-      "--workdir=gs://b/run; rm -rf / #'$(id)`x`",
-      '--config.data.input_files=gs://b/a b/*.tfrecord',
+@pytest.fixture
+def fakes(tmp_path):
+  """PATH with fake gcloud, sbatch, srun and python3; returns (env, calls),
+  `calls()` the recorded [name, *args, env value] lists so far."""
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  for name in ('gcloud', 'sbatch', 'srun', 'python3'):
+    path = bin_dir / name
+    path.write_text(_FAKE.format(python=sys.executable))
+    path.chmod(0o755)
+  log = tmp_path / 'calls.jsonl'
+  env = dict(os.environ)
+  env.update(
+    PATH=f'{bin_dir}{os.pathsep}{env["PATH"]}',
+    FAKE_LOG=str(log),
+    HOME=str(tmp_path / 'home'),
+    TMPDIR=str(tmp_path),
+  )
+  (tmp_path / 'home').mkdir()
+
+  def calls():
+    if not log.exists():
+      return []
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+  return env, calls
+
+
+def _launch(env, *args):
+  return subprocess.run(
+    [sys.executable, '-m', 'launch.tpu_vm', *args],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+  )
+
+
+SLICE = ['--tpu=bert1', '--zone=us-east5-a', '--project=proj']
+
+
+def test_a_slice_from_creation_to_deletion(fakes):
+  env, calls = fakes
+  steps = [
+    ['create', '--accelerator_type=v5p-128', '--spot', '--skip_aot_check'],
+    [
+      'create',
+      '--accelerator_type=v5litepod-16',
+      '--queued',
+      '--skip_aot_check',
+    ],
+    ['setup'],
+    ['status'],
+    ['logs', '--worker=3', '--lines=20', '--follow'],
+    ['stop'],
+    ['delete'],
+    ['delete', '--queued'],
+  ]
+  for step in steps:
+    result = _launch(env, *step, *SLICE)
+    assert result.returncode == 0, (step, result.stderr[-2000:])
+  zone = ['--zone=us-east5-a', '--project=proj']
+  ssh = ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'bert1']
+  recorded = [c[:-1] for c in calls()]  # Without the environment value.
+  archive = os.path.join(env['TMPDIR'], 'bertjax-bert1.tar.gz')
+  assert recorded == [
+    ['gcloud', 'compute', 'tpus', 'tpu-vm', 'create', 'bert1']
+    + ['--accelerator-type=v5p-128', '--version=v2-alpha-tpuv5', *zone]
+    + ['--spot'],
+    ['gcloud', 'compute', 'tpus', 'queued-resources', 'create', 'bert1']
+    + ['--node-id=bert1', '--accelerator-type=v5litepod-16']
+    + ['--runtime-version=v2-alpha-tpuv5-lite', *zone],
+    ['gcloud', 'compute', 'tpus', 'tpu-vm', 'scp', archive]
+    + ['bert1:~/bertjax.tar.gz', '--worker=all', *zone],
+    ssh
+    + [
+      '--worker=all',
+      '--command=mkdir -p ~/bertjax && tar -xzf ~/bertjax.tar.gz -C '
+      "~/bertjax && cd ~/bertjax && python3 -m pip install -q -e '.[tpu]'",
+      *zone,
+    ],
+    ['gcloud', 'compute', 'tpus', 'tpu-vm', 'describe', 'bert1', *zone],
+    ssh
+    + [
+      '--worker=all',
+      "--command=pgrep -af 'bertjax[.]train' || echo 'no training process "
+      'on\' "$(hostname)"',
+      *zone,
+    ],
+    ssh + ['--worker=3', '--command=tail -n 20 -F ~/bertjax_train.log', *zone],
+    ssh
+    + ['--worker=all', "--command=pkill -TERM -f 'bertjax[.]train' || true"]
+    + zone,
+    ['gcloud', 'compute', 'tpus', 'tpu-vm', 'delete', 'bert1', '--quiet']
+    + zone,
+    ['gcloud', 'compute', 'tpus', 'queued-resources', 'delete', 'bert1']
+    + ['--force', '--quiet', *zone],
+  ]
+  # What setup copied is this checkout's committed code.
+  with tarfile.open(archive) as tar:
+    names = tar.getnames()
+  assert 'bertjax/train.py' in names and 'setup.cfg' in names
+
+
+def _run_remote(command, env, tmp_path):
+  """Runs a worker's `--command` in a real bash and waits for the detached
+  training process (the fake python3) to record its call."""
+  subprocess.run(['bash', '-c', command], env=env, check=True)
+  log = tmp_path / 'calls.jsonl'
+  deadline = time.monotonic() + 120  # A hang guard, not a speed check.
+  while not log.exists() and time.monotonic() < deadline:
+    time.sleep(0.05)
+  return json.loads(log.read_text().splitlines()[-1])
+
+
+def test_training_runs_detached_with_every_argument_intact(fakes, tmp_path):
+  env, calls = fakes
+  result = _launch(
+    env,
+    'train',
+    *SLICE,
+    '--skip_aot_check',
+    '--repo_dir=~/bert jax',
+    '--env=XLA_FLAGS=--xla_dump_to=/tmp/a b; echo $(id)',
+    '--log_file=~/logs/train log.txt',
+    '--',
+    *HOSTILE,
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  ((*ssh, env_value),) = calls()
+  assert ssh[:6] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'bert1']
+  assert ssh[6] == '--worker=all'
+  command = ssh[7].removeprefix('--command=')
+  # The worker's shell: its home holds the checkout and the log folder.
+  home = tmp_path / 'home'
+  (home / 'bert jax').mkdir()
+  (home / 'logs').mkdir()
+  os.remove(tmp_path / 'calls.jsonl')
+  run_env = dict(env, FAKE_ENV_KEY='XLA_FLAGS')
+  name, *argv, xla_flags = _run_remote(command, run_env, tmp_path)
+  assert name == 'python3'
+  assert argv == ['-m', 'bertjax.train', '--multihost', *HOSTILE]
+  assert xla_flags == '--xla_dump_to=/tmp/a b; echo $(id)'
+  assert (home / 'logs' / 'train log.txt').exists()
+
+
+def test_the_training_command_is_the_one_the_readme_documents(fakes):
+  env, calls = fakes
+  with open(os.path.join(ROOT, 'README.md'), encoding='utf-8') as f:
+    lines = [
+      shlex.split(line)
+      for line in f.read().splitlines()
+      if line.startswith('python -m launch.tpu_vm train ')
     ]
-    remote = tpu_vm.build_remote_command('/opt/bert jax', 'python3', args)
-    # What the remote shell will see as argv after one round of parsing.
-    words = shlex.split(remote)
-    assert words[:3] == ['cd', '/opt/bert jax', '&&']
-    assert words[3:] == ['python3', '-m', 'bertjax.train', '--multihost', *args]
+  (readme,) = lines
+  split = readme.index('--')
+  result = _launch(env, *readme[3:split], '--skip_aot_check', *readme[split:])
+  assert result.returncode == 0, result.stderr[-2000:]
+  ((*ssh, _),) = calls()
+  words = shlex.split(ssh[7].removeprefix('--command='))
+  start = words.index('python3')
+  end = words.index('>>')
+  assert words[start:end] == [
+    'python3',
+    '-m',
+    'bertjax.train',
+    '--multihost',
+    *readme[split + 1 :],
+  ]
 
-  def test_home_directory_is_expanded_remotely(self):
-    remote = tpu_vm.build_remote_command('~/bert jax', 'python3', ['--x=1'])
-    assert remote.startswith("cd ~/'bert jax' && ")
 
-  def test_gcloud_argv_and_dry_run(self):
-    argv = tpu_vm.build_gcloud_command('v5e', 'us-west4-a', 'proj', 'cmd x')
-    assert argv[:6] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'v5e']
-    assert '--worker=all' in argv and '--command=cmd x' in argv
-    assert '--project=proj' in argv
-    result = subprocess.run(
-      [
-        sys.executable,
-        '-m',
-        'launch.tpu_vm',
-        '--tpu=v5e',
-        '--zone=z',
-        '--dry_run',
-        '--',
-        '--config=configs/bert_tiny.py',
-        '--workdir=/tmp/a b',
-      ],
-      capture_output=True,
-      text=True,
+@pytest.mark.skipif(not aot.has_tpu_compiler(), reason='needs libtpu')
+def test_a_recipe_that_does_not_fit_is_refused_before_any_gcloud(fakes):
+  env, calls = fakes
+  oversized = [
+    '--config=configs/bert_large.py:phase=2',
+    '--config.batch_size=256',
+    '--config.model.remat_policy=none',
+    '--workdir=gs://b/large',
+  ]
+  for command in ('create', 'train'):
+    result = _launch(
+      env, command, *SLICE, '--accelerator_type=v5litepod-4', '--', *oversized
     )
-    assert result.returncode == 0, result.stderr
-    printed = shlex.split(result.stdout)
-    command = [a for a in printed if a.startswith('--command=')][0]
-    assert shlex.split(command.split('=', 1)[1])[-1] == '--workdir=/tmp/a b'
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith('launch.tpu_vm: error: configs/bert_large.py')
+    assert 'does not fit v5litepod-4' in last
+    assert last.endswith('(--skip_aot_check goes on regardless)')
+  assert calls() == []
+  # A recipe that fits: its report, then the slice.
+  result = _launch(
+    env,
+    'create',
+    *SLICE,
+    '--accelerator_type=v5litepod-4',
+    '--',
+    '--config=configs/bert_tiny.py',
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'fits: peak' in result.stdout
+  assert [c[4] for c in calls()] == ['create']
+
+
+def test_launcher_mistakes_are_one_line(fakes):
+  env, calls = fakes
+  for args, message in [
+    ([], 'the command is not one of create, setup, train'),
+    (['start', *SLICE], "the command 'start' is not one of"),
+    (['train', '--zone=z'], '--tpu and --zone are required'),
+    (['train', *SLICE, '--skip_aot_check'], 'pass the training flags'),
+    (['create', *SLICE, '--skip_aot_check'], 'create needs --accelerator_type'),
+    (
+      ['create', *SLICE, '--', '--config=c.py'],
+      'pass it (or --skip_aot_check)',
+    ),
+    (['stop', *SLICE, '--', '--config=c.py'], 'stop takes no arguments'),
+    (
+      ['train', *SLICE, '--skip_aot_check', '--env=1A=b', '--', '--config=c'],
+      "--env: '1A=b' is not KEY=VALUE",
+    ),
+    (
+      ['create', *SLICE, '--accelerator_type=v9-8', '--skip_aot_check'],
+      "no default runtime for accelerator type 'v9-8'",
+    ),
+  ]:
+    result = _launch(env, *args)
+    assert result.returncode == 2, (args, result.stderr[-2000:])
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith('launch.tpu_vm: error: ') and message in last, last
+  assert calls() == []
+
+
+def test_a_failing_gcloud_stops_the_launcher(fakes, tmp_path):
+  env, calls = fakes
+  (tmp_path / 'bin' / 'gcloud').write_text('#!/bin/sh\nexit 7\n')
+  result = _launch(env, 'delete', *SLICE)
+  assert result.returncode == 2
+  assert 'exited with 7' in result.stderr.strip().splitlines()[-1]
+
+
+def test_slurm_batch_script_hands_srun_the_arguments_intact(fakes):
+  env, calls = fakes
+  result = subprocess.run(
+    ['sbatch', '--nodes=4', 'launch/slurm.sbatch', *HOSTILE],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  recorded = [c[:-1] for c in calls()]
+  assert recorded == [
+    ['sbatch', '--nodes=4', 'launch/slurm.sbatch', *HOSTILE],
+    ['srun', '--kill-on-bad-exit=1', 'python', '-m', 'bertjax.train']
+    + ['--multihost', *HOSTILE],
+  ]
+
+
+def test_multinode_script_names_the_coordinator_and_process(fakes):
+  env, calls = fakes
+  script = os.path.join(ROOT, 'launch', 'multinode.sh')
+  node = dict(env, COORDINATOR='10.0.0.1:8476', NUM_PROCESSES='2')
+  missing = subprocess.run(
+    [script, *HOSTILE], env=node, capture_output=True, text=True
+  )
+  assert missing.returncode != 0 and 'PROCESS_ID' in missing.stderr
+  assert calls() == []
+  result = subprocess.run(
+    [script, *HOSTILE],
+    env=dict(node, PROCESS_ID='1'),
+    capture_output=True,
+    text=True,
+  )
+  assert result.returncode == 0, result.stderr
+  ((name, *argv, _),) = calls()
+  assert name == 'python3'
+  assert argv == [
+    '-m',
+    'bertjax.train',
+    '--coordinator_address=10.0.0.1:8476',
+    '--num_processes=2',
+    '--process_id=1',
+    *HOSTILE,
+  ]

@@ -107,7 +107,7 @@ def _train_args_of_launchers() -> list[list[str]]:
     if argv[0] == 'sbatch':
       script = next(i for i, a in enumerate(argv) if a.endswith('.sbatch'))
       out.append(['bertjax.train', '--multihost', *argv[script + 1 :]])
-    elif argv[:3] == ['python', '-m', 'launch.tpu_vm']:
+    elif argv[:4] == ['python', '-m', 'launch.tpu_vm', 'train']:
       out.append(
         ['bertjax.train', '--multihost', *argv[argv.index('--') + 1 :]]
       )
@@ -145,22 +145,41 @@ def test_a_bad_flag_would_be_caught():
   assert result.returncode == 2 and 'output_file' in result.stderr
 
 
-def test_the_tpu_launcher_command_runs_dry():
-  (argv,) = [
+def test_the_tpu_launcher_commands_run_dry():
+  """Each step from create to delete prints its gcloud commands (the
+  ahead-of-time check of create and train is launch_test's)."""
+  commands = [
     a for a in _commands() if a[:3] == ['python', '-m', 'launch.tpu_vm']
   ]
-  split = argv.index('--')
-  result = subprocess.run(
-    [sys.executable, *argv[1:split], '--dry_run', *argv[split:]],
-    cwd=ROOT,
-    env=_env(),
-    capture_output=True,
-    text=True,
-  )
-  assert result.returncode == 0, result.stderr[-2000:]
-  printed = shlex.split(result.stdout)
-  assert printed[:5] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh']
-  assert '--worker=all' in printed
+  assert [a[3] for a in commands] == [
+    'create',
+    'setup',
+    'train',
+    'status',
+    'logs',
+    'stop',
+    'delete',
+  ]
+  for argv in commands:
+    split = argv.index('--') if '--' in argv else len(argv)
+    result = subprocess.run(
+      [
+        sys.executable,
+        *argv[1:split],
+        '--dry_run',
+        '--skip_aot_check',
+        *argv[split:],
+      ],
+      cwd=ROOT,
+      env=_env(),
+      capture_output=True,
+      text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    printed = [shlex.split(line) for line in result.stdout.splitlines()]
+    assert printed and all(
+      p[:3] == ['gcloud', 'compute', 'tpus'] or p[0] == 'git' for p in printed
+    ), result.stdout
 
 
 def test_the_corpus_list_command_runs():

@@ -278,6 +278,14 @@ def _check_flags(command: str, train_args: Sequence[str]) -> None:
     a.startswith('--config') for a in train_args
   ):
     raise cli.UsageError('pass the training flags after --, e.g. --config=...')
+  workdirs = [a for a in train_args if a.startswith('--workdir=')]
+  if command == 'train' and not all(
+    w.startswith('--workdir=gs://') for w in workdirs
+  ):
+    raise cli.UsageError(
+      f'{workdirs[-1]}: a slice trains in a gs:// workdir, which every '
+      'worker sees (a local one would be a different folder on each)'
+    )
   if command not in ('create', 'train') and train_args:
     raise cli.UsageError(f'{command} takes no arguments after --')
 

@@ -260,6 +260,10 @@ def test_launcher_mistakes_are_one_line(fakes):
     ),
     (['stop', *SLICE, '--', '--config=c.py'], 'stop takes no arguments'),
     (
+      ['train', *SLICE, '--skip_aot_check', '--', '--config=c', '--workdir=/x'],
+      '--workdir=/x: a slice trains in a gs:// workdir',
+    ),
+    (
       ['train', *SLICE, '--skip_aot_check', '--env=1A=b', '--', '--config=c'],
       "--env: '1A=b' is not KEY=VALUE",
     ),

@@ -16,7 +16,7 @@ train the recipe). A recipe that does not fit fails with one line naming
 the memory needed and what to change.
 
 Topologies are named as Cloud TPU names accelerator types (`v4-8` to
-`v4-4096`, `v5litepod-16` to `v5litepod-256`, `v5p-8` to `v5p-12288`,
+`v4-4096`, `v5litepod-1` to `v5litepod-256`, `v5p-8` to `v5p-12288`,
 `v6e-1` to `v6e-256`: v4 and v5p count TensorCores, two per chip; v5e and
 v6e count chips), or as `GENERATION:SHAPE` (`v5p:4x4x12`) for slice shapes
 that are not a power of two.

@@ -105,7 +105,7 @@ def create_mesh(
   """A `(data, fsdp, tensor)` mesh (one size may be -1: the rest) over
   `devices`, by default every process's.
 
-  Devices of several TPU slices (multi-slice: their `slice_index` differs)
+  TPU devices of several slices (multi-slice: their `slice_index` differs)
   split the `data` axis across slices and the rest within each slice: the
   slices talk over the data-centre network, far slower than the chips'
   interconnect, and data parallelism needs only one gradient all-reduce a
@@ -119,6 +119,12 @@ def create_mesh(
   # Auto axes keep GSPMD propagation with sharding constraints (the model
   # constrains activations by logical names).
   axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+  if devices[0].platform != 'tpu':
+    # In device order, as jax.make_mesh would lay them out, without its
+    # refusal of devices with several slice indices (GPU hosts may carry
+    # one each; only TPU slices need the hybrid layout below).
+    grid = mesh_utils.create_device_mesh(shape, devices)
+    return Mesh(grid, MESH_AXES, axis_types=axis_types)
   slices = len({getattr(d, 'slice_index', 0) for d in devices})
   if slices == 1:
     return jax.make_mesh(

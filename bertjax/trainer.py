@@ -961,11 +961,12 @@ def fit(
           last_eval = evaluate(state, step)
           if last_eval:
             writer.write_scalars(step, last_eval)
-        if preemption.requested or _every(
+        stop = preemption.stop_after(step)
+        if stop or _every(
           step, config.checkpoint_every_steps, shape.total_steps
         ):
           checkpointer.save(step, state, train_iter)
-        if preemption.requested:
+        if stop:
           logging.warning('Saved step %d after SIGTERM; exiting.', step)
           break
   finally:

@@ -413,13 +413,26 @@ class Checkpointer:
 
 class Preemption:
   """Turns SIGTERM (what Cloud TPU and SLURM send before they take a machine
-  back) into a flag the loop checks after each step, to save and stop."""
+  back, and `launch.tpu_vm stop`) into a decision the loop asks for after
+  each step: save and stop.
+
+  One process: this object's handler sets a flag. Several: the signal may
+  reach one process, or each at another step, and a process that stopped
+  to save alone would leave the others waiting in the next step's
+  collectives for ever. JAX's preemption service (started by
+  `jax.distributed.initialize`, which then holds SIGTERM) tells every
+  process about a SIGTERM any of them got and picks one step for all to
+  stop after.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
+    self._shared = jax.process_count() > 1
 
   def __enter__(self) -> 'Preemption':
+    if self._shared:
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # Not the main thread (e.g. inside a test runner).
@@ -430,6 +443,13 @@ class Preemption:
     del signum, frame
     logging.warning('SIGTERM: finishing this step, saving, exiting.')
     self.requested = True
+
+  def stop_after(self, step: int) -> bool:
+    """Whether to save and stop after `step`; every process asks at every
+    step, and with several they all get the same answer."""
+    if self._shared:
+      self.requested = multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
 
   def __exit__(self, *exc):
     if self._previous is not None:

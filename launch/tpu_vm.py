@@ -10,18 +10,19 @@ r"""A Cloud TPU VM slice from creation to deletion.
   python -m launch.tpu_vm status|logs|stop|delete --tpu=bert1 --zone=us-east5-a
 
 - `create` makes the slice (`--spot`: preemptible; `--queued`: a queued
-  resource, granted when capacity frees up) with the runtime of its TPU
-  generation.
+  resource, granted when capacity frees up: `status --queued` shows when;
+  `delete --queued` deletes it) with the runtime of its TPU generation.
 - `setup` copies this checkout's committed files (`git archive HEAD`) to
-  every worker and installs them with the `tpu` extra.
+  every worker and installs them with the `tpu` extra in a Python 3.12
+  virtual environment (`--venv`) made with uv.
 - `train` starts `python -m bertjax.train --multihost` with the flags after
   `--` on every worker, detached from SSH (it survives a dropped
   connection), its output in `--log_file` on each worker;
   `jax.distributed.initialize()` finds the workers by itself.
 - `status` shows the slice's state and the training process of each worker;
   `logs` the end of worker `--worker`'s log (`--follow` keeps reading).
-- `stop` sends SIGTERM to the training processes: each saves its step and
-  exits, and `train` again resumes from there.
+- `stop` sends SIGTERM to the training processes: they agree on a step,
+  save it and exit, and `train` again resumes from there.
 - `delete` deletes the slice (or the queued resource).
 
 Before `create` and `train`, the recipe after `--` is compiled for
@@ -35,13 +36,14 @@ interpreted twice. `--dry_run` prints each command instead of running it.
 """
 
 import os
+import platform
 import shlex
 import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
 
-from absl import flags
+from absl import flags, logging
 
 from data_pipeline import cli
 
@@ -63,7 +65,11 @@ _QUEUED = flags.DEFINE_bool(
 _REPO_DIR = flags.DEFINE_string(
   'repo_dir', '~/bertjax', 'Where the code lives on the workers.'
 )
-_PYTHON = flags.DEFINE_string('python', 'python3', 'Python on the workers.')
+_VENV = flags.DEFINE_string(
+  'venv',
+  '~/bertjax-venv',
+  'The virtual environment `setup` makes on the workers.',
+)
 _ENV = flags.DEFINE_list(
   'env', [], 'KEY=VALUE pairs set for the training processes.'
 )
@@ -82,7 +88,6 @@ _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print, do not run.')
 _RUNTIMES = {
   'v4': 'tpu-ubuntu2204-base',
   'v5litepod': 'v2-alpha-tpuv5-lite',
-  'v5e': 'v2-alpha-tpuv5-lite',
   'v5p': 'v2-alpha-tpuv5',
   'v6e': 'v2-alpha-tpuv6e',
 }
@@ -118,11 +123,14 @@ def build_train_command(
     if not sep or not key.isidentifier():
       raise LaunchError(f'--env: {pair!r} is not KEY=VALUE')
     exports.append(f'export {key}={shlex.quote(value)} && ')
-  train = [python, '-m', 'bertjax.train', '--multihost', *train_args]
+  train = ['-m', 'bertjax.train', '--multihost', *train_args]
+  # Only the training process goes to the background (the braces): were
+  # the whole `&&` list sent there, a shell would wait on it holding SSH's
+  # output open, and the SSH command would not return until training ends.
   return (
     f'cd {remote_path(repo_dir)} && {"".join(exports)}'
-    f'setsid nohup {shlex.join(train)} >> {remote_path(log_file)} 2>&1 '
-    '< /dev/null &'
+    f'{{ setsid nohup {remote_path(python)} {shlex.join(train)} '
+    f'>> {remote_path(log_file)} 2>&1 < /dev/null & }}'
   )
 
 
@@ -144,9 +152,14 @@ def _ssh(command: str, worker: str = 'all') -> list[str]:
 
 
 def _runtime_version(accelerator_type: str) -> str:
+  generation = accelerator_type.split('-')[0]
+  if generation == 'v5e':
+    raise LaunchError(
+      f'Cloud TPU names v5e slices v5litepod-N: --accelerator_type='
+      f'{accelerator_type.replace("v5e", "v5litepod", 1)}'
+    )
   if _RUNTIME_VERSION.value:
     return _RUNTIME_VERSION.value
-  generation = accelerator_type.split('-')[0]
   if generation not in _RUNTIMES:
     raise LaunchError(
       f'no default runtime for accelerator type {accelerator_type!r}: pass '
@@ -182,11 +195,15 @@ def build_commands(command: str, train_args: Sequence[str]) -> list[list[str]]:
     return [argv + (['--spot'] if _SPOT.value else [])]
   if command == 'setup':
     archive = os.path.join(tempfile.gettempdir(), f'bertjax-{tpu}.tar.gz')
+    repo, venv = remote_path(_REPO_DIR.value), remote_path(_VENV.value)
+    # The TPU VM images' Python (3.10 on Ubuntu 22.04) is older than
+    # bertjax's: uv brings a Python 3.12 into the venv.
     install = (
-      f'mkdir -p {remote_path(_REPO_DIR.value)} && '
-      f'tar -xzf ~/bertjax.tar.gz -C {remote_path(_REPO_DIR.value)} && '
-      f'cd {remote_path(_REPO_DIR.value)} && '
-      f"{shlex.quote(_PYTHON.value)} -m pip install -q -e '.[tpu]'"
+      f'mkdir -p {repo} && tar -xzf ~/bertjax.tar.gz -C {repo} && '
+      f'cd {repo} && (python3 -m pip install -q --user uv || python3 -m pip '
+      'install -q --user --break-system-packages uv) && '
+      f'~/.local/bin/uv venv -q --allow-existing --python 3.12 {venv} && '
+      f"~/.local/bin/uv pip install -q --python {venv}/bin/python -e '.[tpu]'"
     )
     return [
       ['git', '-C', _ROOT, 'archive', '--format=tar.gz', '-o', archive, 'HEAD'],
@@ -200,7 +217,7 @@ def build_commands(command: str, train_args: Sequence[str]) -> list[list[str]]:
       _ssh(
         build_train_command(
           _REPO_DIR.value,
-          _PYTHON.value,
+          _VENV.value.rstrip('/') + '/bin/python',
           train_args,
           _ENV.value,
           _LOG_FILE.value,
@@ -212,7 +229,7 @@ def build_commands(command: str, train_args: Sequence[str]) -> list[list[str]]:
     return [
       _gcloud(kind, 'describe', tpu),
       _ssh(
-        "pgrep -af 'bertjax[.]train' || echo 'no training process on' "
+        "pgrep -af -- '-m bertjax[.]train' || echo 'no training process on' "
         '"$(hostname)"'
       ),
     ]
@@ -222,7 +239,7 @@ def build_commands(command: str, train_args: Sequence[str]) -> list[list[str]]:
       _ssh(f'{shlex.join(tail)} {remote_path(_LOG_FILE.value)}', _WORKER.value)
     ]
   if command == 'stop':
-    return [_ssh("pkill -TERM -f 'bertjax[.]train' || true")]
+    return [_ssh("pkill -TERM -f -- '-m bertjax[.]train' || true")]
   if command == 'delete':
     if _QUEUED.value:
       return [_gcloud('queued-resources', 'delete', tpu, '--force', '--quiet')]
@@ -239,27 +256,42 @@ def check_recipe_fits(accelerator_type: str, train_args: Sequence[str]) -> None:
       line, and how to go on regardless).
   """
   config = [a for a in train_args if a.startswith('--config')]
+  if (platform.system(), platform.machine()) != ('Linux', 'x86_64'):
+    logging.warning(
+      'Not compiling the recipe for %s first: libtpu, the TPU compiler, runs '
+      'on x86-64 Linux only.',
+      accelerator_type,
+    )
+    return
   if not config:
     raise LaunchError(
       'give the recipe after --, e.g. -- --config=configs/bert_base.py, to '
       'check that it fits (or --skip_aot_check)'
     )
-  result = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'bertjax.aot',
-      f'--topology={accelerator_type}',
-      *config,
-    ],
-    cwd=_ROOT,
-    capture_output=True,
-    text=True,
+  check = [
+    sys.executable,
+    '-m',
+    'bertjax.aot',
+    f'--topology={accelerator_type}',
+    *config,
+  ]
+  print(
+    f'Compiling the recipe for {accelerator_type} first (a minute or more): '
+    f'python {shlex.join(check[1:])}',
+    file=sys.stderr,
+    flush=True,
   )
+  result = subprocess.run(check, cwd=_ROOT, capture_output=True, text=True)
   if result.returncode:
-    lines = result.stderr.strip().splitlines() or ['failed']
-    last = lines[-1].removeprefix('bertjax.aot: error: ')
-    raise LaunchError(f'{last} (--skip_aot_check goes on regardless)')
+    lines = result.stderr.strip().splitlines() or ['']
+    if lines[-1].startswith('bertjax.aot: error: '):
+      why = lines[-1].removeprefix('bertjax.aot: error: ')
+    else:  # A crash: the command itself shows the whole story.
+      why = (
+        f'python {shlex.join(check[1:])} exited with {result.returncode}; '
+        'run it to see why'
+      )
+    raise LaunchError(f'{why} (--skip_aot_check goes on regardless)')
   print(result.stdout, end='', flush=True)
 
 
@@ -290,13 +322,26 @@ def _check_flags(command: str, train_args: Sequence[str]) -> None:
     raise cli.UsageError(f'{command} takes no arguments after --')
 
 
+def join_flag_values(args: Sequence[str]) -> list[str]:
+  """`--flag value` pairs as `--flag=value` (absl takes both), so that the
+  recipe and workdir are found whichever form a user typed."""
+  out: list[str] = []
+  for arg in args:
+    previous = out[-1] if out else ''
+    if previous in ('--config', '--workdir') and not arg.startswith('--'):
+      out[-1] = f'{previous}={arg}'
+    else:
+      out.append(arg)
+  return out
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) < 2 or argv[1] not in COMMANDS:
     given = f' {argv[1]!r}' if len(argv) > 1 else ''
     raise cli.UsageError(
       f'the command{given} is not one of {", ".join(COMMANDS)}'
     )
-  command, train_args = argv[1], list(argv[2:])
+  command, train_args = argv[1], join_flag_values(argv[2:])
   _check_flags(command, train_args)
   if command in ('create', 'train') and not _SKIP_AOT_CHECK.value:
     check_recipe_fits(_ACCELERATOR_TYPE.value, train_args)

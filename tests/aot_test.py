@@ -82,14 +82,14 @@ def test_collectives_are_counted_in_a_compiled_program():
   assert aot.count_collectives('') == {}
 
 
+needs_libtpu = pytest.mark.skipif(
+  not aot.has_tpu_compiler(), reason="libtpu: pip install -e '.[tpu]'"
+)
+
+
+@needs_libtpu
 def test_multi_slice_meshes_put_only_data_across_slices():
-  class Device:  # What mesh_utils reads of a device of a multi-slice job.
-    device_kind = platform = 'cpu'
-
-    def __init__(self, i):
-      self.id, self.slice_index, self.process_index = i, i // 4, i // 4
-
-  devices = [Device(i) for i in range(8)]
+  devices = aot.get_devices(aot.parse_topology('v5litepod-4'), num_slices=2)
   mesh = sharding.create_mesh((4, 2, 1), devices)
   # Each fsdp pair lies within one slice; data spans both.
   for row in mesh.devices[..., 0]:
@@ -99,9 +99,16 @@ def test_multi_slice_meshes_put_only_data_across_slices():
     sharding.create_mesh((1, 8, 1), devices)
 
 
-needs_libtpu = pytest.mark.skipif(
-  not aot.has_tpu_compiler(), reason="libtpu: pip install -e '.[tpu]'"
-)
+def test_gpu_hosts_are_not_slices():
+  class Device:  # A GPU of a multi-node job: each host has a slice index.
+    platform, device_kind = 'gpu', 'NVIDIA H100'
+
+    def __init__(self, i):
+      self.id, self.slice_index, self.process_index = i, i // 4, i // 4
+
+  devices = [Device(i) for i in range(8)]
+  mesh = sharding.create_mesh((1, 8, 1), devices)
+  assert mesh.devices.ravel().tolist() == devices  # FSDP spans the hosts.
 
 
 def _recipe(get_config, arg=None, **overrides):

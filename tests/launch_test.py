@@ -9,6 +9,7 @@ checked by the shell itself, not by a re-implementation of it.
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tarfile
@@ -27,15 +28,13 @@ HOSTILE = [
   '--config.seed=1 && echo pwned',
 ]
 
-# Records argv (and the environment variable named in FAKE_ENV_KEY) as one
-# JSON line in $FAKE_LOG; as `sbatch`, then runs the batch script as SLURM
-# would on the first node.
+# Records its name and argv as one JSON line in $FAKE_LOG; as `sbatch`,
+# then runs the batch script as SLURM would on the first node.
 _FAKE = """#!{python}
 import json, os, subprocess, sys
 name = os.path.basename(sys.argv[0])
-key = os.environ.get('FAKE_ENV_KEY', '')
 with open(os.environ['FAKE_LOG'], 'a') as f:
-  f.write(json.dumps([name, *sys.argv[1:], os.environ.get(key)]) + '\\n')
+  f.write(json.dumps([name, *sys.argv[1:]]) + '\\n')
 if name == 'sbatch':
   script = next(i for i, a in enumerate(sys.argv) if a.endswith('.sbatch'))
   sys.exit(subprocess.call(['bash', *sys.argv[script:]]))
@@ -45,7 +44,7 @@ if name == 'sbatch':
 @pytest.fixture
 def fakes(tmp_path):
   """PATH with fake gcloud, sbatch, srun and python3; returns (env, calls),
-  `calls()` the recorded [name, *args, env value] lists so far."""
+  `calls()` the recorded [name, *args] lists so far."""
   bin_dir = tmp_path / 'bin'
   bin_dir.mkdir()
   for name in ('gcloud', 'sbatch', 'srun', 'python3'):
@@ -105,7 +104,7 @@ def test_a_slice_from_creation_to_deletion(fakes):
     assert result.returncode == 0, (step, result.stderr[-2000:])
   zone = ['--zone=us-east5-a', '--project=proj']
   ssh = ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'bert1']
-  recorded = [c[:-1] for c in calls()]  # Without the environment value.
+  recorded = calls()
   archive = os.path.join(env['TMPDIR'], 'bertjax-bert1.tar.gz')
   assert recorded == [
     ['gcloud', 'compute', 'tpus', 'tpu-vm', 'create', 'bert1']
@@ -120,20 +119,28 @@ def test_a_slice_from_creation_to_deletion(fakes):
     + [
       '--worker=all',
       '--command=mkdir -p ~/bertjax && tar -xzf ~/bertjax.tar.gz -C '
-      "~/bertjax && cd ~/bertjax && python3 -m pip install -q -e '.[tpu]'",
+      '~/bertjax && cd ~/bertjax && (python3 -m pip install -q --user uv || '
+      'python3 -m pip install -q --user --break-system-packages uv) && '
+      '~/.local/bin/uv venv -q --allow-existing --python 3.12 '
+      '~/bertjax-venv && ~/.local/bin/uv pip install -q --python '
+      "~/bertjax-venv/bin/python -e '.[tpu]'",
       *zone,
     ],
     ['gcloud', 'compute', 'tpus', 'tpu-vm', 'describe', 'bert1', *zone],
     ssh
     + [
       '--worker=all',
-      "--command=pgrep -af 'bertjax[.]train' || echo 'no training process "
+      "--command=pgrep -af -- '-m bertjax[.]train' || echo 'no training "
+      'process '
       'on\' "$(hostname)"',
       *zone,
     ],
     ssh + ['--worker=3', '--command=tail -n 20 -F ~/bertjax_train.log', *zone],
     ssh
-    + ['--worker=all', "--command=pkill -TERM -f 'bertjax[.]train' || true"]
+    + [
+      '--worker=all',
+      "--command=pkill -TERM -f -- '-m bertjax[.]train' || true",
+    ]
     + zone,
     ['gcloud', 'compute', 'tpus', 'tpu-vm', 'delete', 'bert1', '--quiet']
     + zone,
@@ -146,15 +153,16 @@ def test_a_slice_from_creation_to_deletion(fakes):
   assert 'bertjax/train.py' in names and 'setup.cfg' in names
 
 
-def _run_remote(command, env, tmp_path):
-  """Runs a worker's `--command` in a real bash and waits for the detached
-  training process (the fake python3) to record its call."""
-  subprocess.run(['bash', '-c', command], env=env, check=True)
-  log = tmp_path / 'calls.jsonl'
-  deadline = time.monotonic() + 120  # A hang guard, not a speed check.
-  while not log.exists() and time.monotonic() < deadline:
-    time.sleep(0.05)
-  return json.loads(log.read_text().splitlines()[-1])
+# A training process that records how it was started, then runs on.
+_TRAINING = """#!{python}
+import json, os, sys, time
+with open(os.environ['FAKE_LOG'], 'a') as f:
+  f.write(json.dumps(dict(
+    argv=sys.argv[1:], xla_flags=os.environ.get('XLA_FLAGS'),
+    pid=os.getpid(), sid=os.getsid(0))) + '\\n')
+print('training', flush=True)
+time.sleep(600)
+"""
 
 
 def test_training_runs_detached_with_every_argument_intact(fakes, tmp_path):
@@ -165,27 +173,46 @@ def test_training_runs_detached_with_every_argument_intact(fakes, tmp_path):
     *SLICE,
     '--skip_aot_check',
     '--repo_dir=~/bert jax',
+    '--venv=~/bert venv',
     '--env=XLA_FLAGS=--xla_dump_to=/tmp/a b; echo $(id)',
     '--log_file=~/logs/train log.txt',
     '--',
     *HOSTILE,
   )
   assert result.returncode == 0, result.stderr[-2000:]
-  ((*ssh, env_value),) = calls()
+  (ssh,) = calls()
+  assert ssh[:7] == ssh[:6] + ['--worker=all']
   assert ssh[:6] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'bert1']
-  assert ssh[6] == '--worker=all'
   command = ssh[7].removeprefix('--command=')
-  # The worker's shell: its home holds the checkout and the log folder.
+  # A worker: its home holds the checkout, the venv and the log folder.
   home = tmp_path / 'home'
   (home / 'bert jax').mkdir()
   (home / 'logs').mkdir()
+  python = home / 'bert venv' / 'bin' / 'python'
+  python.parent.mkdir(parents=True)
+  python.write_text(_TRAINING.format(python=sys.executable))
+  python.chmod(0o755)
   os.remove(tmp_path / 'calls.jsonl')
-  run_env = dict(env, FAKE_ENV_KEY='XLA_FLAGS')
-  name, *argv, xla_flags = _run_remote(command, run_env, tmp_path)
-  assert name == 'python3'
-  assert argv == ['-m', 'bertjax.train', '--multihost', *HOSTILE]
-  assert xla_flags == '--xla_dump_to=/tmp/a b; echo $(id)'
-  assert (home / 'logs' / 'train log.txt').exists()
+  # The SSH command returns while training goes on: nothing holds its
+  # output open (the timeout only turns a hang into a failure).
+  shell = subprocess.run(
+    ['bash', '-c', command], env=env, capture_output=True, timeout=120
+  )
+  assert shell.returncode == 0 and shell.stdout == b'', shell
+  log = tmp_path / 'calls.jsonl'
+  while not log.exists():  # Written by the detached process.
+    time.sleep(0.05)
+  started = json.loads(log.read_text().splitlines()[0])
+  try:
+    assert started['argv'] == ['-m', 'bertjax.train', '--multihost', *HOSTILE]
+    assert started['xla_flags'] == '--xla_dump_to=/tmp/a b; echo $(id)'
+    # A session of its own: the end of the SSH session does not reach it.
+    assert started['sid'] == started['pid'] != os.getsid(0)
+    log_file = home / 'logs' / 'train log.txt'
+    while 'training' not in log_file.read_text():
+      time.sleep(0.05)
+  finally:
+    os.kill(started['pid'], signal.SIGKILL)
 
 
 def test_the_training_command_is_the_one_the_readme_documents(fakes):
@@ -200,12 +227,12 @@ def test_the_training_command_is_the_one_the_readme_documents(fakes):
   split = readme.index('--')
   result = _launch(env, *readme[3:split], '--skip_aot_check', *readme[split:])
   assert result.returncode == 0, result.stderr[-2000:]
-  ((*ssh, _),) = calls()
+  (ssh,) = calls()
   words = shlex.split(ssh[7].removeprefix('--command='))
-  start = words.index('python3')
+  start = words.index('~/bertjax-venv/bin/python')
   end = words.index('>>')
   assert words[start:end] == [
-    'python3',
+    '~/bertjax-venv/bin/python',
     '-m',
     'bertjax.train',
     '--multihost',
@@ -268,6 +295,23 @@ def test_launcher_mistakes_are_one_line(fakes):
       "--env: '1A=b' is not KEY=VALUE",
     ),
     (
+      [
+        'train',
+        *SLICE,
+        '--skip_aot_check',
+        '--',
+        '--config',
+        'c',
+        '--workdir',
+        'x',
+      ],
+      '--workdir=x: a slice trains in a gs:// workdir',
+    ),
+    (
+      ['create', *SLICE, '--accelerator_type=v5e-16', '--skip_aot_check'],
+      'Cloud TPU names v5e slices v5litepod-N: --accelerator_type=v5litepod-16',
+    ),
+    (
       ['create', *SLICE, '--accelerator_type=v9-8', '--skip_aot_check'],
       "no default runtime for accelerator type 'v9-8'",
     ),
@@ -297,7 +341,7 @@ def test_slurm_batch_script_hands_srun_the_arguments_intact(fakes):
     text=True,
   )
   assert result.returncode == 0, result.stderr[-2000:]
-  recorded = [c[:-1] for c in calls()]
+  recorded = calls()
   assert recorded == [
     ['sbatch', '--nodes=4', 'launch/slurm.sbatch', *HOSTILE],
     ['srun', '--kill-on-bad-exit=1', 'python', '-m', 'bertjax.train']
@@ -321,7 +365,7 @@ def test_multinode_script_names_the_coordinator_and_process(fakes):
     text=True,
   )
   assert result.returncode == 0, result.stderr
-  ((name, *argv, _),) = calls()
+  ((name, *argv),) = calls()
   assert name == 'python3'
   assert argv == [
     '-m',

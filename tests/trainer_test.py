@@ -521,6 +521,50 @@ class ProcessTest:
       rtol=1e-5,
     )
 
+  @pytest.mark.network
+  @pytest.mark.slow
+  def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(
+    self, demo_data, tmp_path
+  ):
+    """A SIGTERM reaches one worker of a slice (or each at another step):
+    the processes agree on a step, save it together and exit, instead of
+    one saving alone while the other waits in the next step for ever."""
+    del demo_data
+    run = tmp_path / 'run'
+    port = 20000 + (os.getpid() + 7919) % 20000
+    procs = [
+      subprocess.Popen(
+        _train_cmd(
+          run,
+          '--config.num_train_steps=400',
+          '--config.log_every_steps=1',
+          '--config.checkpoint_every_steps=0',
+          f'--coordinator_address=127.0.0.1:{port}',
+          '--num_processes=2',
+          f'--process_id={i}',
+        ),
+        env=_env(devices=2),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+      )
+      for i in range(2)
+    ]
+    _wait_for(lambda: len(_losses(str(run))) >= 3, procs[0])
+    procs[1].send_signal(signal.SIGTERM)
+    outputs = [p.communicate(timeout=600)[1] for p in procs]
+    saved = sorted(int(s) for s in os.listdir(run / 'checkpoints'))
+    assert len(saved) == 1 and 3 <= saved[0] < 400, saved
+    for p, err in zip(procs, outputs, strict=True):
+      assert p.returncode == 75, err[-3000:]
+      assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(
+          f'bertjax.train: preempted at step {saved[0]} of 400 (SIGTERM)'
+        )
+      ), err[-3000:]
+
   def test_bad_flag_is_one_line(self, tmp_path):
     result = subprocess.run(
       _train_cmd(

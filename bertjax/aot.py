@@ -25,6 +25,7 @@ that are not a power of two.
 import collections
 import dataclasses
 import importlib.util
+import math
 import os
 import re
 import time
@@ -99,11 +100,14 @@ class Slice:
   name: str  # As the user typed it.
   generation: str  # v4, v5p, v5e or v6e.
   shape: tuple[int, ...]  # Chips along each side of the interconnect.
-  hbm_gib: float
+
+  @property
+  def hbm_gib(self) -> float:
+    return _GENERATIONS[self.generation].hbm_gib
 
   @property
   def chips(self) -> int:
-    return int(_product(self.shape))
+    return int(math.prod(self.shape))
 
   @property
   def topology_name(self) -> str:
@@ -130,20 +134,13 @@ class Slice:
     return (self.shape[0] == 16, self.shape[1] == 16, False)
 
 
-def _product(values: Sequence[int]) -> int:
-  out = 1
-  for v in values:
-    out *= v
-  return out
-
-
 def _shape_of(chips: int, rank: int) -> tuple[int, ...]:
   """The slice shape Cloud TPU gives a power-of-two chip count: double the
   smallest side, from 1x1 (2-D) or 2x2x1 (3-D)."""
   if chips in _IRREGULAR_SHAPES and rank == 3:
     return _IRREGULAR_SHAPES[chips]
   sides = [1, 1] if rank == 2 else [1, 2, 2]
-  while _product(sides) < chips:
+  while math.prod(sides) < chips:
     sides[0] *= 2
     sides.sort()
   if rank == 3 and sides[0] == 1:
@@ -181,7 +178,7 @@ def parse_topology(name: str) -> Slice:
         f'(other shapes: {generation}:AxB{"xC" * (spec.rank - 2)})'
       )
     shape = _shape_of(chips, spec.rank)
-  return Slice(name, generation, shape, spec.hbm_gib)
+  return Slice(name, generation, shape)
 
 
 def has_tpu_compiler() -> bool:
@@ -336,13 +333,12 @@ def compile_train_step(
     ).items()
   }
   use_nsp = bool(config.data.nsp)
-  step = trainer.jit_train_step(
+  step = trainer.jit_run_step(
+    config,
+    shape,
     trainer.Pretraining(module, use_nsp),
     schedule,
-    micro_batches=shape.micro_batches,
-    nan_policy=config.nan_policy,
-    state_shardings=state_shardings,
-    batch_shardings=batch_sharding,
+    state_shardings,
   )
   # Abstract, and made outside the mesh: a concrete key would be computed
   # on the (absent) TPU devices.

@@ -495,6 +495,25 @@ def jit_train_step(
   )
 
 
+def jit_run_step(
+  config: ml_collections.ConfigDict,
+  shape: RunShape,
+  objective: Objective,
+  schedule: optax.Schedule,
+  state_shardings: Any,
+):
+  """The jitted train step a run of `config` takes on `shape`'s mesh: the
+  one `fit` runs and `bertjax.aot` compiles for a TPU slice."""
+  return jit_train_step(
+    objective,
+    schedule,
+    micro_batches=shape.micro_batches,
+    nan_policy=config.nan_policy,
+    state_shardings=state_shardings,
+    batch_shardings=sharding.batch_sharding(shape.mesh),
+  )
+
+
 def eval_step(
   params: Any, batch: Batch, *, objective: Objective
 ) -> dict[str, jax.Array]:
@@ -881,14 +900,7 @@ def fit(
   if start_step:
     logging.info('Resumed from step %d in %s', start_step, workdir_path)
   batch_sharding = sharding.batch_sharding(shape.mesh)
-  step_fn = jit_train_step(
-    objective,
-    schedule,
-    micro_batches=shape.micro_batches,
-    nan_policy=config.nan_policy,
-    state_shardings=state_shardings,
-    batch_shardings=batch_sharding,
-  )
+  step_fn = jit_run_step(config, shape, objective, schedule, state_shardings)
   if jax.process_index() == 0:
     workdir.rewind_metrics(workdir_path, start_step)
   writer = workdir.create_metric_writer(workdir_path, jax.process_index() == 0)

@@ -111,15 +111,6 @@ def test_gpu_hosts_are_not_slices():
   assert mesh.devices.ravel().tolist() == devices  # FSDP spans the hosts.
 
 
-def _recipe(get_config, arg=None, **overrides):
-  config = get_config(arg)
-  with config.unlocked():
-    for key, value in overrides.items():
-      *path, last = key.split('__')
-      functools.reduce(lambda c, k: c[k], path, config)[last] = value
-  return config
-
-
 @needs_libtpu
 @pytest.mark.slow
 @pytest.mark.parametrize(
@@ -130,7 +121,9 @@ def _recipe(get_config, arg=None, **overrides):
 )
 def test_recipes_compile_and_fit_with_fsdp(recipe, topology):
   get_config = dict(base=bert_base, large=bert_large)[recipe].get_config
-  config = _recipe(get_config, 'phase=1', mesh__shape=(1, -1, 1))
+  config = get_config('phase=1')
+  with config.unlocked():
+    config.mesh.shape = (1, -1, 1)
   tpu = aot.parse_topology(topology)
   report = aot.compile_train_step(config, tpu)
   assert 0 < report.peak <= report.hbm

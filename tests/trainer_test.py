@@ -489,23 +489,7 @@ class ProcessTest:
       stderr=subprocess.PIPE,
       text=True,
     )
-    port = 20000 + os.getpid() % 20000
-    procs = [
-      subprocess.Popen(
-        _train_cmd(
-          two,
-          *flags,
-          f'--coordinator_address=127.0.0.1:{port}',
-          '--num_processes=2',
-          f'--process_id={i}',
-        ),
-        env=_env(devices=2),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-      )
-      for i in range(2)
-    ]
+    procs = _start_two_processes(two, 20000 + os.getpid() % 20000, *flags)
     outputs = [p.communicate(timeout=900)[1] for p in [single, *procs]]
     for p, err in zip([single, *procs], outputs, strict=True):
       assert p.returncode == 0, err[-3000:]
@@ -531,25 +515,13 @@ class ProcessTest:
     one saving alone while the other waits in the next step for ever."""
     del demo_data
     run = tmp_path / 'run'
-    port = 20000 + (os.getpid() + 7919) % 20000
-    procs = [
-      subprocess.Popen(
-        _train_cmd(
-          run,
-          '--config.num_train_steps=400',
-          '--config.log_every_steps=1',
-          '--config.checkpoint_every_steps=0',
-          f'--coordinator_address=127.0.0.1:{port}',
-          '--num_processes=2',
-          f'--process_id={i}',
-        ),
-        env=_env(devices=2),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-      )
-      for i in range(2)
-    ]
+    procs = _start_two_processes(
+      run,
+      20000 + (os.getpid() + 7919) % 20000,
+      '--config.num_train_steps=400',
+      '--config.log_every_steps=1',
+      '--config.checkpoint_every_steps=0',
+    )
     _wait_for(lambda: len(_losses(str(run))) >= 3, procs[0])
     procs[1].send_signal(signal.SIGTERM)
     outputs = [p.communicate(timeout=600)[1] for p in procs]
@@ -652,6 +624,27 @@ def _checksum(stderr):
   assert line, stderr[-2000:]
   parts = dict(p.split('=') for p in line[-1].split('checksum ')[1].split())
   return np.array([float(parts['sum']), float(parts['sumsq'])])
+
+
+def _start_two_processes(path, port, *flags):
+  """Two processes of one run (jax.distributed on 127.0.0.1:`port`), two
+  CPU devices each; stderr piped as text."""
+  return [
+    subprocess.Popen(
+      _train_cmd(
+        path,
+        *flags,
+        f'--coordinator_address=127.0.0.1:{port}',
+        '--num_processes=2',
+        f'--process_id={i}',
+      ),
+      env=_env(devices=2),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
 
 
 def _wait_for(condition, proc, timeout_s=600):

@@ -3,7 +3,7 @@ r"""Fine-tuning speed, with and without length bucketing.
 Fine-tunes all-MiniLM-L6-v2 (`bertjax.pretrained`) on the real Rotten
 Tomatoes snippets (`data_pipeline.task_data.demo_files('sentiment-en')`)
 with the step `python -m bertjax.finetune` runs (`bertjax.tasks`'
-classification objective through `trainer.jit_train_step`), and reports,
+classification objective through `train_step.jit_train_step`), and reports,
 for batches padded to `--max_seq_length` and for length-bucketed batches:
 examples/s, real (non-padding) tokens/s and the padding fraction. Every
 batch shape is compiled before timing starts; the rounds alternate the two
@@ -18,7 +18,7 @@ import time
 import jax
 from absl import app, flags
 
-from bertjax import model, sharding, tasks, trainer
+from bertjax import model, sharding, tasks, train_step
 from configs.finetune import classification
 from data_pipeline import task_data, tokenizers
 
@@ -45,14 +45,14 @@ def main(argv):
     examples, tokenizer, 'classification', config.max_seq_length, labels
   )
   run = tasks.derive_run_config(config, 10_000)
-  tx, schedule = trainer.create_optimizer(run)
+  tx, schedule = train_step.create_optimizer(run)
   mesh = sharding.create_mesh((-1, 1, 1))
   rules = sharding.default_logical_axis_rules()
   module = model.create_model(bert_config, head)
-  state, _ = trainer.create_train_state(
+  state, _ = train_step.create_train_state(
     module, tx, mesh, rules, jax.random.key(0), params
   )
-  step = trainer.jit_train_step(tasks.Classification(module), schedule)
+  step = train_step.jit_train_step(tasks.Classification(module), schedule)
   rng = jax.random.key(1)
   results = {False: [], True: []}
   iterators = {

@@ -46,6 +46,9 @@ _WORKDIR = flags.DEFINE_string(
 _WHOLE_WORD = flags.DEFINE_bool(
   'whole_word', True, 'Also measure whole-word masking (no peer).'
 )
+_PACKING = flags.DEFINE_bool(
+  'packing', True, 'Also measure packed rows (no peer) and padding.'
+)
 
 
 def create_records(workdir: str, seq_len: int) -> str:
@@ -98,7 +101,9 @@ def measure(next_batch: Callable[[], object], batch_size, seconds) -> float:
   return batches * batch_size / (time.perf_counter() - start)
 
 
-def ours(directory, seq_len, batch_size, whole_word) -> Callable[[], object]:
+def ours(
+  directory, seq_len, batch_size, whole_word, packing=False
+) -> Callable[[], object]:
   config = pipeline.PipelineConfig(
     train_file_patterns=(os.path.join(directory, 'train-*'),),
     tokenizer_path=str(
@@ -107,9 +112,31 @@ def ours(directory, seq_len, batch_size, whole_word) -> Callable[[], object]:
     per_host_batch_size=batch_size,
     max_seq_length=seq_len,
     mlm=examples.MaskingConfig(whole_word_mask=whole_word),
+    packing=packing,
   )
   iterator = pipeline.create_train_iterator(config)
   return lambda: next(iterator)
+
+
+def measure_rows(next_batch, seconds) -> dict[str, float]:
+  """Examples and real tokens per second, and the padding share, of
+  `next_batch()` (packed rows count their examples), after a warm-up."""
+  for _ in range(5):
+    next_batch()
+  start = time.perf_counter()
+  examples = tokens = slots = 0
+  while time.perf_counter() - start < seconds:
+    batch = next_batch()
+    weights = batch.get('next_sentence_weights')
+    examples += len(batch['input_ids']) if weights is None else weights.sum()
+    tokens += batch['input_mask'].sum()
+    slots += batch['input_mask'].size
+  elapsed = time.perf_counter() - start
+  return dict(
+    examples_per_s=examples / elapsed,
+    tokens_per_s=tokens / elapsed,
+    padding=1 - tokens / slots,
+  )
 
 
 def peer(input_ids: np.ndarray, batch_size: int) -> Callable[[], object]:
@@ -162,6 +189,17 @@ def main(argv: Sequence[str]) -> None:
         )
     best = {name: max(values) for name, values in figures.items() if values}
     rows.append((seq_len, best))
+    if _PACKING.value:
+      for packing in (False, True):
+        rate = measure_rows(
+          ours(directory, seq_len, batch_size, False, packing), seconds
+        )
+        print(
+          f'seq {seq_len}, {"packed" if packing else "unpacked"}: '
+          f'{rate["examples_per_s"]:.0f} examples/s, '
+          f'{rate["tokens_per_s"]:.0f} real tokens/s, padding '
+          f'{rate["padding"]:.1%}'
+        )
   header = ('seq', 'ours ex/s', 'peer ex/s', 'ratio', 'ours wwm ex/s')
   print('{:>4} {:>10} {:>10} {:>6} {:>14}'.format(*header))
   for seq_len, best in rows:

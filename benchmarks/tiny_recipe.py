@@ -24,7 +24,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from bertjax import model, sharding, trainer
+from bertjax import model, sharding, train_step, trainer
 from data_pipeline import pipeline, records
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -53,15 +53,17 @@ def _read_batches(config, data_files, steps):
 
 def _train_bertjax(bert_config, config, batches, evals):
   module = model.BertForPreTraining(bert_config)
-  objective = trainer.Pretraining(module, use_nsp=bool(config.data.nsp))
-  tx, schedule = trainer.create_optimizer(config)
+  objective = train_step.Pretraining(module, use_nsp=bool(config.data.nsp))
+  tx, schedule = train_step.create_optimizer(config)
   mesh = sharding.create_mesh((-1, 1, 1))
   rules = sharding.default_logical_axis_rules()
-  state, _ = trainer.create_train_state(
+  state, _ = train_step.create_train_state(
     module, tx, mesh, rules, jax.random.key(config.seed)
   )
-  step = trainer.jit_train_step(objective, schedule)
-  evaluate = jax.jit(functools.partial(trainer.eval_step, objective=objective))
+  step = train_step.jit_train_step(objective, schedule)
+  evaluate = jax.jit(
+    functools.partial(train_step.eval_step, objective=objective)
+  )
   history = []
   for batch in batches:
     state, metrics = step(state, batch, jax.random.key(1))
@@ -82,7 +84,7 @@ def _train_torch(bert_config, config, batches, evals):
   hf.train()
   decay, no_decay = [], []
   for name, param in hf.named_parameters():
-    # As bertjax.trainer.decay_mask: no decay on LayerNorm and biases.
+    # As bertjax.train_step.decay_mask: no decay on LayerNorm and biases.
     (
       no_decay if 'LayerNorm' in name or name.endswith('bias') else decay
     ).append(param)
@@ -95,7 +97,7 @@ def _train_torch(bert_config, config, batches, evals):
     betas=(recipe.b1, recipe.b2),
     eps=recipe.eps,
   )
-  _, schedule = trainer.create_optimizer(config)
+  _, schedule = train_step.create_optimizer(config)
   history = []
   for number, batch in enumerate(batches):
     for group in opt.param_groups:

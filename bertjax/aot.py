@@ -231,6 +231,8 @@ class Report:
   temporaries: int
   code: int
   collectives: dict[str, int]
+  attention: str  # the implementation the step runs (model.attention)
+  kernels: int  # Pallas (Mosaic) kernel calls in the compiled program
   compile_s: float
   flops_per_step: float
   peak_flops_per_chip: float
@@ -314,29 +316,30 @@ def compile_train_step(
   import flax.linen as nn
   import jax
 
-  from bertjax import model, sharding, trainer
+  from bertjax import model, sharding, train_step, trainer
 
   devices = get_devices(tpu, num_slices)
   shape = trainer.compute_run_shape(config, devices)
   bert_config = trainer.get_model_config(config, vocab_size)
   module = model.BertForPreTraining(bert_config)
-  tx, schedule = trainer.create_optimizer(config)
-  state = trainer.abstract_train_state(module, tx, shape.mesh, shape.rules)
+  tx, schedule = train_step.create_optimizer(config)
+  state = train_step.abstract_train_state(module, tx, shape.mesh, shape.rules)
   state_shardings = jax.tree.map(lambda x: x.sharding, state)
   batch_sharding = sharding.batch_sharding(shape.mesh)
   batch = {
     k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
-    for k, v in trainer.get_batch_shapes(
+    for k, v in train_step.get_batch_shapes(
       shape.global_batch,
       config.max_seq_length,
       config.data.max_predictions_per_seq,
+      config.data.max_examples_per_row if config.data.packing else 0,
     ).items()
   }
   use_nsp = bool(config.data.nsp)
   step = trainer.jit_run_step(
     config,
     shape,
-    trainer.Pretraining(module, use_nsp),
+    train_step.Pretraining(module, use_nsp),
     schedule,
     state_shardings,
   )
@@ -345,6 +348,9 @@ def compile_train_step(
   key = jax.eval_shape(lambda: jax.random.key(0))
   start = time.perf_counter()
   with jax.set_mesh(shape.mesh), nn.logical_axis_rules(shape.rules):
+    attention = model.resolve_attention(
+      bert_config, config.max_seq_length, deterministic=False
+    )
     lowered = step.lower(state, batch, key)
     try:
       compiled = lowered.compile()
@@ -360,6 +366,7 @@ def compile_train_step(
       raise _does_not_fit(what, tpu, needed, available) from None
   compile_s = time.perf_counter() - start
   memory = compiled.memory_analysis()
+  hlo = compiled.as_text()
   report = Report(
     topology=tpu.name,
     num_slices=num_slices,
@@ -371,16 +378,18 @@ def compile_train_step(
     outputs=memory.output_size_in_bytes - memory.alias_size_in_bytes,
     temporaries=memory.temp_size_in_bytes,
     code=memory.generated_code_size_in_bytes,
-    collectives=count_collectives(compiled.as_text()),
+    collectives=count_collectives(hlo),
+    attention=attention,
+    kernels=hlo.count('custom_call_target="tpu_custom_call"'),
     compile_s=compile_s,
     flops_per_step=shape.global_batch
-    * trainer.get_train_flops_per_example(
+    * train_step.get_train_flops_per_example(
       bert_config,
       config.max_seq_length,
       config.data.max_predictions_per_seq,
       use_nsp,
     ),
-    peak_flops_per_chip=trainer.get_peak_flops_per_device(
+    peak_flops_per_chip=train_step.get_peak_flops_per_device(
       devices[0].device_kind
     ),
     global_batch=shape.global_batch,
@@ -417,7 +426,8 @@ def format_report(report: Report, what: str) -> str:
       f'  per chip: arguments {gib(report.arguments)}, outputs '
       f'{gib(report.outputs)} (not aliased), temporaries '
       f'{gib(report.temporaries)}, code {gib(report.code)}',
-      f'  collectives: {collectives or "none"}',
+      f'  attention: {report.attention} ({report.kernels} Pallas kernel calls);'
+      f' collectives: {collectives or "none"}',
       f'  model FLOPs per step {report.flops_per_step:.3g} (batch '
       f'{report.global_batch} x {report.seq_len} tokens)',
       f'  at {PROJECTED_MFU:.0%} MFU of {report.peak_flops_per_chip / 1e12:g}'

@@ -74,6 +74,9 @@ _REMAT_POLICIES: dict[str, Any] = {
 
 _DTYPES = ('float32', 'bfloat16', 'float16')
 
+# How attention is computed; all give the same result (see `attention`).
+ATTENTION_IMPLEMENTATIONS = ('auto', 'xla', 'cudnn', 'splash')
+
 
 class ConfigError(ValueError):
   """A BERT configuration that cannot describe a working model."""
@@ -107,6 +110,8 @@ class BertConfig:
   # time does not grow with depth.
   scan_layers: bool = True
   remat_policy: str = 'none'  # per layer: none | full | dots | dots_no_batch
+  # auto | xla | cudnn | splash: see `attention`.
+  attention: str = 'auto'
 
   # Fields that fix the parameters' shapes: a checkpoint's config decides
   # them, a run cannot override them.
@@ -127,6 +132,7 @@ class BertConfig:
     'param_dtype',
     'scan_layers',
     'remat_policy',
+    'attention',
   )
   # Fields a run sets for itself when it starts from a checkpoint: how it
   # runs, trains and initialises what the checkpoint lacks.
@@ -162,6 +168,7 @@ class BertConfig:
       ('dtype', list(_DTYPES)),
       ('param_dtype', list(_DTYPES)),
       ('remat_policy', sorted(_REMAT_POLICIES)),
+      ('attention', list(ATTENTION_IMPLEMENTATIONS)),
     ):
       value = getattr(self, name)
       if value not in allowed:
@@ -304,6 +311,18 @@ def _layer_norm(config: BertConfig, name) -> nn.LayerNorm:
   )
 
 
+def _lookup(embed: nn.Embed, ids: jax.Array, row_axis: str | None):
+  """`embed`'s rows at `ids` `[batch, seq_len]`, `[batch, seq_len,
+  features]`, from its table gathered over `fsdp` and split on `row_axis`
+  only: each shard of the rows gathers the ids it holds and an all-reduce
+  adds them up. Left to itself, XLA splits the result on the features as
+  the table is, and then cannot move it onto the batch without gathering
+  it whole on every step ("involuntary full rematerialization")."""
+  table = _constrain(embed.embedding, (row_axis, None))
+  rows = jnp.take(table, ids, axis=0).astype(embed.dtype)
+  return _constrain(rows, (ACTIVATION_BATCH, ACTIVATION_LENGTH, ACTIVATION_EMBED))
+
+
 class BertEmbeddings(nn.Module):
   """Word + position + segment embeddings, LayerNorm, dropout."""
 
@@ -329,15 +348,21 @@ class BertEmbeddings(nn.Module):
     self.dropout = nn.Dropout(rate=c.hidden_dropout_prob)
 
   def __call__(
-    self, input_ids: jax.Array, segment_ids: jax.Array, deterministic: bool
+    self,
+    input_ids: jax.Array,
+    segment_ids: jax.Array,
+    deterministic: bool,
+    positions: jax.Array | None = None,
   ) -> jax.Array:
-    """int `[batch, seq_len]` token and segment ids -> `[batch, seq_len,
-    hidden_size]` in the compute dtype."""
-    positions = jnp.arange(input_ids.shape[-1])[None, :]
+    """int `[batch, seq_len]` token and segment ids (and position ids,
+    default 0, 1, ...) -> `[batch, seq_len, hidden_size]` in the compute
+    dtype."""
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
     x = (
-      self.word_embeddings(input_ids)
-      + self.position_embeddings(positions)
-      + self.token_type_embeddings(segment_ids)
+      _lookup(self.word_embeddings, input_ids, VOCAB)
+      + _lookup(self.position_embeddings, positions, None)
+      + _lookup(self.token_type_embeddings, segment_ids, None)
     )
     x = self.dropout(self.layer_norm(x), deterministic=deterministic)
     return _constrain(
@@ -353,18 +378,206 @@ class BertEmbeddings(nn.Module):
     )
 
 
+def attention_platform() -> str:
+  """The platform attention runs on: the set mesh's devices' (a TPU
+  topology compiled ahead of time on a CPU host counts as TPU), else JAX's
+  default backend."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if not mesh.empty and mesh.abstract_device is not None:
+    return mesh.abstract_device.platform
+  return jax.default_backend()
+
+
+def resolve_attention(
+  config: BertConfig, seq_len: int, deterministic: bool
+) -> str:
+  """The implementation `config.attention` means here: xla, cudnn or splash.
+
+  The fused kernels have no dropout on attention probabilities, so `auto`
+  picks them only when there is none (inference, or a recipe with
+  `attention_probs_dropout_prob=0`), and only in 16-bit compute: cuDNN on
+  GPUs, splash on TPUs when `seq_len` is a multiple of its 128-wide blocks.
+
+  Raises:
+    ConfigError: a fused implementation asked for where it cannot run.
+  """
+  dropout = config.attention_probs_dropout_prob > 0 and not deterministic
+  if config.attention == 'auto':
+    platform = attention_platform()
+    if dropout or config.dtype == 'float32':
+      return 'xla'
+    cudnn_head = config.head_dim % 8 == 0 and config.head_dim <= 128
+    if platform == 'gpu' and cudnn_head:
+      return 'cudnn'
+    if platform == 'tpu' and seq_len % 128 == 0:
+      return 'splash'
+    return 'xla'
+  if config.attention != 'xla' and dropout:
+    raise ConfigError(
+      f'attention={config.attention!r} has no dropout on attention '
+      f'probabilities, and attention_probs_dropout_prob is '
+      f'{config.attention_probs_dropout_prob}: set it to 0 or use '
+      "attention='xla'"
+    )
+  if config.attention == 'splash' and seq_len % 128:
+    raise ConfigError(
+      f"attention='splash' needs a sequence length that is a multiple of "
+      f'128, got {seq_len}'
+    )
+  return config.attention
+
+
+def attention_mask(segments: jax.Array, packed: bool) -> jax.Array:
+  """Which keys each query sees, from `segments` int `[batch, seq_len]`.
+
+  Unpacked, `segments` is the 0/1 input mask and every query sees every real
+  key (`[batch, 1, 1, seq_len]`). Packed, it holds each token's example
+  (1, 2, ...; 0 at padding) and a query sees the real keys of its own
+  example only (`[batch, 1, seq_len, seq_len]`); padding queries see every
+  real key, as unpacked, so no row is empty.
+  """
+  keys = segments[:, None, None, :]
+  real = keys > 0
+  if not packed:
+    return real
+  queries = segments[:, None, :, None]
+  return real & ((queries == keys) | (queries == 0))
+
+
+def _splash_attention(q, k, v, segments):
+  """Pallas splash attention (TPU; interpreted elsewhere, for tests) on
+  `[batch, seq_len, heads, head_dim]` inputs, q already scaled."""
+  # Imported here: the TPU kernels load Pallas' Mosaic backend.
+  from jax.experimental.pallas.ops.tpu.splash_attention import (  # noqa: PLC0415
+    splash_attention_kernel as splash,
+  )
+  from jax.experimental.pallas.ops.tpu.splash_attention import (
+    splash_attention_mask as splash_mask,
+  )
+
+  interpret = attention_platform() != 'tpu'
+
+  def local(q, k, v, segments):
+    _, seq_len, heads, _ = q.shape
+    block = math.gcd(seq_len, 512)
+    kernel = splash.make_splash_mha(
+      splash_mask.MultiHeadMask([splash_mask.FullMask((seq_len,) * 2)] * heads),
+      block_sizes=splash.BlockSizes(
+        block_q=block,
+        block_kv=block,
+        block_kv_compute=block,
+        block_q_dkv=block,
+        block_kv_dkv=block,
+        block_kv_dkv_compute=block,
+        block_q_dq=block,
+        block_kv_dq=block,
+      ),
+      head_shards=1,
+      q_seq_shards=1,
+      interpret=interpret,
+    )
+
+    def one(q, k, v, ids):
+      return kernel(q, k, v, segment_ids=splash.SegmentIds(ids, ids))
+
+    heads_first = (0, 2, 1, 3)
+    out = jax.vmap(one)(
+      *(x.transpose(heads_first) for x in (q, k, v)), segments
+    )
+    return out.transpose(heads_first)
+
+  if jax.sharding.get_abstract_mesh().empty:
+    return local(q, k, v, segments)
+  # A Pallas kernel has no partitioning rule: run it on each device's shard
+  # of the batch and heads, as the logical-axis rules lay them out.
+  spec = nn.logical_to_mesh_axes(
+    (ACTIVATION_BATCH, ACTIVATION_LENGTH, ACTIVATION_HEADS, ACTIVATION_KV)
+  )
+  if spec[1] is not None or spec[3] is not None:
+    raise ConfigError(
+      "attention='splash' needs the sequence and head_dim axes unsharded, "
+      f'the axis rules give {spec}'
+    )
+  return jax.shard_map(
+    local,
+    in_specs=(spec, spec, spec, jax.P(spec[0], None)),
+    out_specs=spec,
+    check_vma=False,
+  )(q, k, v, segments)
+
+
+def attention(
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  segments: jax.Array,
+  *,
+  packed: bool,
+  implementation: str,
+  dropout: Callable[[jax.Array], jax.Array] | None = None,
+) -> jax.Array:
+  """Scaled dot-product attention, bidirectional, one of three ways.
+
+  `xla` is the reference (einsums and a float32 softmax, the only one with
+  dropout on the probabilities); `cudnn` is `jax.nn.dot_product_attention`'s
+  cuDNN flash attention (NVIDIA GPUs); `splash` is Pallas' splash attention
+  (TPUs). They agree within bf16 rounding.
+
+  Args:
+    q, k, v: `[batch, seq_len, heads, head_dim]` in the compute dtype.
+    segments: int `[batch, seq_len]`, see `attention_mask`.
+    packed: whether rows hold several examples.
+    implementation: xla | cudnn | splash (`resolve_attention`).
+    dropout: applied to the probabilities (xla only).
+
+  Returns:
+    The context `[batch, seq_len, heads, head_dim]` in q's dtype.
+  """
+  if implementation == 'splash':
+    q = (q / math.sqrt(q.shape[-1])).astype(k.dtype)
+    return _splash_attention(q, k, v, segments)
+  if implementation == 'cudnn':
+    if packed:
+      where = dict(mask=attention_mask(segments, True))
+    else:
+      # Padding is at the end of a row, so lengths say it all and cuDNN
+      # takes its padding-mask fast path.
+      lengths = jnp.sum(segments > 0, axis=-1, dtype=jnp.int32)
+      where = dict(key_value_seq_lengths=lengths)
+    return jax.nn.dot_product_attention(
+      q, k, v, implementation='cudnn', **where
+    )
+  scores = jnp.einsum(
+    'bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32
+  )
+  neg = jnp.finfo(jnp.float32).min
+  scores = jnp.where(
+    attention_mask(segments, packed), scores / math.sqrt(q.shape[-1]), neg
+  )
+  probs = jax.nn.softmax(scores, axis=-1)
+  if dropout is not None:
+    probs = dropout(probs)
+  return jnp.einsum(
+    'bhqk,bkhd->bqhd',
+    probs.astype(v.dtype),
+    v,
+    preferred_element_type=jnp.float32,
+  ).astype(v.dtype)
+
+
 class BertSelfAttention(nn.Module):
-  """Multi-head bidirectional self-attention with an additive padding mask."""
+  """Multi-head bidirectional self-attention (see `attention`)."""
 
   config: BertConfig
+  packed: bool = False  # rows hold several examples
 
   @nn.compact
   def __call__(
-    self, x: jax.Array, attention_bias: jax.Array, deterministic: bool
+    self, x: jax.Array, segments: jax.Array, deterministic: bool
   ) -> jax.Array:
     """`[batch, seq_len, hidden_size]` -> the same shape, before the residual.
 
-    `attention_bias` is `create_attention_bias`'s `[batch, 1, 1, seq_len]`.
+    `segments` is int `[batch, seq_len]`, see `attention_mask`.
     """
     c = self.config
     qkv_shape = (c.num_attention_heads, c.head_dim)
@@ -377,20 +590,16 @@ class BertSelfAttention(nn.Module):
       )
       for name in ('query', 'key', 'value')
     )
-    scores = jnp.einsum(
-      'bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32
-    )
-    scores = scores / math.sqrt(c.head_dim) + attention_bias
-    probs = jax.nn.softmax(scores, axis=-1)
-    probs = nn.Dropout(rate=c.attention_probs_dropout_prob)(
-      probs, deterministic=deterministic
-    )
-    context = jnp.einsum(
-      'bhqk,bkhd->bqhd',
-      probs.astype(v.dtype),
+    dropout = nn.Dropout(rate=c.attention_probs_dropout_prob)
+    context = attention(
+      q,
+      k,
       v,
-      preferred_element_type=jnp.float32,
-    ).astype(v.dtype)
+      segments,
+      packed=self.packed,
+      implementation=resolve_attention(c, x.shape[1], deterministic),
+      dropout=functools.partial(dropout, deterministic=deterministic),
+    )
     context = _constrain(context, (*heads_axes, ACTIVATION_KV))
     return _dense(
       c, c.hidden_size, (HEADS, KV, EMBED), name='output', in_dims=2
@@ -401,17 +610,19 @@ class BertLayer(nn.Module):
   """One post-LN encoder layer: attention, add & norm, FFN, add & norm."""
 
   config: BertConfig
+  packed: bool = False  # rows hold several examples
 
   @nn.compact
   def __call__(
-    self, x: jax.Array, attention_bias: jax.Array, deterministic: bool
+    self, x: jax.Array, segments: jax.Array, deterministic: bool
   ) -> tuple[jax.Array, None]:
     """`[batch, seq_len, hidden_size]` -> (the same shape, None), the
-    (carry, output) pair that `nn.scan` expects."""
+    (carry, output) pair that `nn.scan` expects; `segments` as in
+    `attention_mask`."""
     c = self.config
     dropout = nn.Dropout(rate=c.hidden_dropout_prob)
-    attn = BertSelfAttention(c, name='attention')(
-      x, attention_bias, deterministic
+    attn = BertSelfAttention(c, self.packed, name='attention')(
+      x, segments, deterministic
     )
     x = _layer_norm(c, name='attention_layer_norm')(
       x + dropout(attn, deterministic=deterministic)
@@ -434,8 +645,14 @@ class BertEncoder(nn.Module):
 
   @nn.compact
   def __call__(
-    self, x: jax.Array, attention_bias: jax.Array, deterministic: bool
+    self,
+    x: jax.Array,
+    segments: jax.Array,
+    deterministic: bool,
+    packed: bool = False,
   ) -> jax.Array:
+    """`[batch, seq_len, hidden_size]` -> the same shape; `segments` and
+    `packed` as in `attention_mask`."""
     c = self.config
     layer_cls = BertLayer
     if c.remat_policy != 'none':
@@ -455,23 +672,30 @@ class BertEncoder(nn.Module):
         length=c.num_hidden_layers,
         metadata_params={nn.PARTITION_NAME: LAYERS},
       )
-      x, _ = stack(c, name='layers')(x, attention_bias, deterministic)
+      x, _ = stack(c, packed, name='layers')(x, segments, deterministic)
     else:
       for i in range(c.num_hidden_layers):
-        x, _ = layer_cls(c, name=f'layer_{i}')(x, attention_bias, deterministic)
+        layer = layer_cls(c, packed, name=f'layer_{i}')
+        x, _ = layer(x, segments, deterministic)
     return x
 
 
-def create_attention_bias(input_mask: jax.Array) -> jax.Array:
-  """Turns a `[batch, seq_len]` 0/1 padding mask into an additive bias.
+def packed_positions(example_ids: jax.Array) -> jax.Array:
+  """Position ids that restart at each example of a packed row.
 
-  Returns:
-    float32 `[batch, 1, 1, seq_len]`: 0 where input_mask is 1, the most
-    negative float32 where it is 0 (as transformers does).
+  `example_ids` int `[batch, seq_len]` numbers each token's example (1, 2,
+  ...; 0 at padding), examples contiguous; returns int32 `[batch, seq_len]`.
   """
-  neg = jnp.finfo(jnp.float32).min
-  bias = jnp.where(input_mask.astype(bool), 0.0, neg).astype(jnp.float32)
-  return bias[:, None, None, :]
+  index = jnp.arange(example_ids.shape[-1], dtype=jnp.int32)
+  starts = jnp.concatenate(
+    [
+      jnp.ones_like(example_ids[:, :1], dtype=bool),
+      example_ids[:, 1:] != example_ids[:, :-1],
+    ],
+    axis=-1,
+  )
+  first = jax.lax.cummax(jnp.where(starts, index, 0), axis=1)
+  return index - first
 
 
 class BertModel(nn.Module):
@@ -495,6 +719,8 @@ class BertModel(nn.Module):
     input_mask: jax.Array | None = None,
     segment_ids: jax.Array | None = None,
     deterministic: bool = True,
+    example_ids: jax.Array | None = None,
+    cls_positions: jax.Array | None = None,
   ) -> tuple[jax.Array, jax.Array]:
     """Encodes a batch.
 
@@ -503,11 +729,18 @@ class BertModel(nn.Module):
       input_mask: 0/1 `[batch, seq_len]`, 1 at real tokens (default all 1).
       segment_ids: int `[batch, seq_len]` (default all 0).
       deterministic: disables dropout (needs a 'dropout' rng when False).
+      example_ids: for packed rows, int `[batch, seq_len]` numbering each
+        token's example (1, 2, ...; 0 at padding): attention stays within
+        an example and positions restart at each. None: a row is one
+        example.
+      cls_positions: for packed rows, int `[batch, examples]`: the
+        `[CLS]` of each example, which the pooler reads.
 
     Returns:
       sequence_output `[batch, seq_len, hidden_size]` and pooled_output
-      `[batch, hidden_size]` (dense + tanh of the `[CLS]` state; None
-      without a pooler), both in the compute dtype.
+      `[batch, hidden_size]` (dense + tanh of the `[CLS]` state; `[batch,
+      examples, hidden_size]` with `cls_positions`; None without a pooler),
+      both in the compute dtype.
     """
     seq_len = input_ids.shape[-1]
     if seq_len > self.config.max_position_embeddings:
@@ -519,11 +752,20 @@ class BertModel(nn.Module):
       input_mask = jnp.ones_like(input_ids)
     if segment_ids is None:
       segment_ids = jnp.zeros_like(input_ids)
-    x = self.embeddings(input_ids, segment_ids, deterministic)
-    x = self.encoder(x, create_attention_bias(input_mask), deterministic)
+    if example_ids is None:
+      x = self.embeddings(input_ids, segment_ids, deterministic)
+      x = self.encoder(x, input_mask, deterministic)
+    else:
+      positions = packed_positions(example_ids)
+      x = self.embeddings(input_ids, segment_ids, deterministic, positions)
+      x = self.encoder(x, example_ids, deterministic, packed=True)
     if not self.add_pooling_layer:
       return x, None
-    return x, jnp.tanh(self.pooler(x[:, 0]))
+    if cls_positions is None:
+      cls = x[:, 0]
+    else:
+      cls = jnp.take_along_axis(x, cls_positions[..., None], axis=1)
+    return x, jnp.tanh(self.pooler(cls))
 
   def attend(self, x: jax.Array) -> jax.Array:
     """The tied MLM decoder: float32 `[..., vocab_size]` scores of x."""
@@ -586,21 +828,31 @@ class BertForPreTraining(nn.Module):
     segment_ids: jax.Array | None = None,
     masked_lm_positions: jax.Array | None = None,
     deterministic: bool = True,
+    example_ids: jax.Array | None = None,
+    cls_positions: jax.Array | None = None,
   ) -> dict[str, jax.Array]:
     """Runs the encoder and both heads.
 
     Args:
-      input_ids, input_mask, segment_ids, deterministic: as `BertModel`.
+      input_ids, input_mask, segment_ids, deterministic, example_ids,
+        cls_positions: as `BertModel`.
       masked_lm_positions: int `[batch, max_predictions]`; None scores every
         position (slow with a large vocabulary: only for inspection).
 
     Returns:
       dict with `sequence_output` `[batch, seq_len, hidden]`, `pooled_output`
       `[batch, hidden]`, float32 `mlm_logits` `[batch, max_predictions,
-      vocab]` and float32 `nsp_logits` `[batch, 2]` (0 = IsNext).
+      vocab]` and float32 `nsp_logits` `[batch, 2]` (0 = IsNext); with
+      `cls_positions`, pooled and NSP outputs have an `examples` axis after
+      the batch's.
     """
     sequence_output, pooled_output = self.bert(
-      input_ids, input_mask, segment_ids, deterministic
+      input_ids,
+      input_mask,
+      segment_ids,
+      deterministic,
+      example_ids=example_ids,
+      cls_positions=cls_positions,
     )
     if masked_lm_positions is None:
       masked_lm_positions = jnp.broadcast_to(

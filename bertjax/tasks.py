@@ -41,7 +41,16 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from bertjax import hf, metrics, model, pretrained, sharding, trainer, workdir
+from bertjax import (
+  hf,
+  metrics,
+  model,
+  pretrained,
+  sharding,
+  train_step,
+  trainer,
+  workdir,
+)
 from data_pipeline import files, progress, task_data, tokenizers
 
 PREDICTIONS_FILE = 'eval_predictions.jsonl'
@@ -74,7 +83,7 @@ def get_head(kind: str, labels: Sequence[str]) -> model.Head:
 
 
 # ---------------------------------------------------------------------------
-# Objectives (`trainer.Objective`).
+# Objectives (`train_step.Objective`).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -505,6 +514,7 @@ def load_init(config, head, rng):
     dtype=m.dtype,
     scan_layers=m.scan_layers,
     remat_policy=m.remat_policy,
+    attention=m.attention,
     hidden_dropout_prob=m.hidden_dropout_prob,
     attention_probs_dropout_prob=m.attention_probs_dropout_prob,
   )
@@ -631,10 +641,10 @@ def _finetune(config: ml_collections.ConfigDict, workdir_path: str) -> dict:
   steps_per_epoch = -(-len(train_features) // config.batch_size)
   run = derive_run_config(config, steps_per_epoch)
   shape = trainer.compute_run_shape(run)
-  tx, schedule = trainer.create_optimizer(run)
+  tx, schedule = train_step.create_optimizer(run)
   module = model.create_model(bert_config, head)
   objective = OBJECTIVES[kind](module)
-  state, state_shardings = trainer.create_train_state(
+  state, state_shardings = train_step.create_train_state(
     module, tx, shape.mesh, shape.rules, init_rng, params
   )
   del params

@@ -47,7 +47,7 @@ def get_config(arg=None):
   config.optim.learning_rate = 2e-3
   config.optim.warmup_steps = 60
   config.optim.weight_decay = 0.01
-  # CPUs have no data-sheet peak (bertjax.trainer.PEAK_FLOPS_PER_DEVICE):
+  # CPUs have no data-sheet peak (bertjax.train_step.PEAK_FLOPS_PER_DEVICE):
   # this is the float32 matmul ceiling JAX reaches on a 2-core Zen 4 VM
   # (BENCHMARKS.md), so perf/mfu is relative to such a machine. Set your own.
   config.perf.peak_flops_per_device = 190e9

@@ -88,6 +88,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.scan_layers = True
   # Rematerialisation per layer: none | full | dots | dots_no_batch.
   config.model.remat_policy = 'none'
+  # Attention: auto | xla | cudnn | splash. The fused kernels (cuDNN flash
+  # attention on NVIDIA GPUs, Pallas splash on TPUs) have no dropout on
+  # attention probabilities: auto takes them in bfloat16 when
+  # attention_probs_dropout_prob is 0, and xla otherwise.
+  config.model.attention = 'auto'
   config.model.hidden_dropout_prob = 0.1
   config.model.attention_probs_dropout_prob = 0.1
   config.model.max_position_embeddings = 512
@@ -142,6 +147,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # and keeps its slice of each global batch: bit-identical batches and
   # exact resume whatever the host count, at n times the reading).
   config.data.host_sharding = 'files'
+  # Several examples per training row, each with its own positions,
+  # attention and NSP (data_pipeline.pipeline, "Packing"): less padding.
+  # Needs unmasked records and host_sharding='files'.
+  config.data.packing = False
+  config.data.max_examples_per_row = 8
 
   config.optim = ml_collections.ConfigDict()
   # adamw | lamb.

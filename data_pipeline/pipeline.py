@@ -85,6 +85,17 @@ order, as `jax.make_array_from_process_local_data` lays it out.
   position (whole shuffle windows before shuffling, all before parsing), at
   the cost of reading at most one epoch.
 
+Packing (`packing=True`, training only). Rows hold several examples each:
+each shuffle window of parsed records is packed first fit (`_pack`), the
+rows batched, and each row masked as one sequence (15% of its real tokens,
+so every example is masked at BERT's rate), seeded by the position of its
+first record. Rows add `example_ids` `[B, L]` (1, 2, ... per example, 0 at
+padding; the model restarts positions and confines attention by them),
+`cls_positions`, `next_sentence_labels` and `next_sentence_weights`
+`[B, E]` (`E = max_examples_per_row`; weight 1 at real examples, whose NSP
+is read at their own `[CLS]`). It needs unmasked records and
+`host_sharding='files'`; resume is exact through the `tf.data` state.
+
 Corrupt input. `TFRecordDataset` reports a corrupt or truncated record
 without the file's name, so `next()` then reads this host's files, starting
 with those being read at the error, and raises `tf.errors.DataLossError`
@@ -105,6 +116,7 @@ from data_pipeline import documents, examples, tokenizers
 
 _CHUNK = 128  # Records read from one file as one unit of the interleave.
 _CYCLE_LENGTH = 16  # Files read at once by the interleave.
+_OPEN_ROWS = 16  # Packing: the newest rows a record may join.
 # Example ordinals of different hosts never meet below 2**40 examples.
 _HOST_STRIDE = 1 << 40
 # Counters for `stateless_fold_in`, one per use of the seed.
@@ -142,6 +154,9 @@ class PipelineConfig:
     host_sharding: 'files' (host `i` of `n` reads 1/n of the data) or
       'batch' (every host reads all of it and keeps its rows of each global
       batch); see the module docstring. Eval is unaffected.
+    packing: training rows hold several examples each (see "Packing" in
+      the module docstring); eval rows never do.
+    max_examples_per_row: with `packing`, at most this many in a row.
   """
 
   train_file_patterns: tuple[str, ...] = ()
@@ -153,6 +168,8 @@ class PipelineConfig:
   seed: int = 0
   shuffle_window: int = 16384
   host_sharding: str = 'files'
+  packing: bool = False
+  max_examples_per_row: int = 8
 
 
 class RecordError(ValueError):
@@ -252,38 +269,159 @@ def _fold_in(seed: tf.Tensor, data) -> tf.Tensor:
 def _make_batch_fn(config, record_format, mask_kwargs):
   """`fn(ordinals, serialized) -> batch`: parses `[batch]` records and masks
   each with the seed `(seed', ordinal)` (`ordinals`: `[batch]` int64)."""
-  spec = _feature_spec(config, record_format)
-  seed = _fold_in(tf.constant([config.seed, 0], tf.int64), _MASK_SEED)[0]
+  parse = _make_parse_fn(config, record_format)
+  seed = _mask_seed(config)
 
   def fn(ordinals, serialized):
+    batch = parse(serialized)
+    if record_format.premasked:
+      return batch
+    seeds = tf.stack([tf.fill(tf.shape(ordinals), seed), ordinals], axis=1)
+    return _mask(batch, seeds, config, mask_kwargs)
+
+  return fn
+
+
+def _mask_seed(config, *salts) -> tf.Tensor:
+  """The scalar int64 that every example's masking seed starts with."""
+  seed = _fold_in(tf.constant([config.seed, 0], tf.int64), _MASK_SEED)
+  for salt in salts:
+    seed = _fold_in(seed, salt)
+  return seed[0]
+
+
+def _make_parse_fn(config, record_format):
+  """`fn(serialized) -> batch`: `[batch]` records as int32 features (and
+  float `masked_lm_weights`), `next_sentence_labels` `[batch]`."""
+  spec = _feature_spec(config, record_format)
+
+  def fn(serialized):
     features = tf.io.parse_example(serialized, spec)
     batch = {
       name: tf.cast(value, tf.int32)
       for name, value in features.items()
       if name != 'masked_lm_weights'
     }
-    size = tf.shape(serialized)[0]
     if record_format.has_nsp:
       batch['next_sentence_labels'] = batch['next_sentence_labels'][:, 0]
     else:
-      batch['next_sentence_labels'] = tf.zeros([size], tf.int32)
+      batch['next_sentence_labels'] = tf.zeros_like(batch['input_ids'][:, 0])
     if record_format.premasked:
       batch['masked_lm_weights'] = features['masked_lm_weights']
-      return batch
-    seeds = tf.stack([tf.fill([size], seed), ordinals], axis=1)
-    batch.update(
-      examples.mask_batch(
-        batch['input_ids'],
-        batch['input_mask'],
-        seeds,
-        config=config.mlm,
-        word_starts=batch.pop('word_starts', None),
-        **mask_kwargs,
-      )
-    )
     return batch
 
   return fn
+
+
+def _mask(batch, seeds, config, mask_kwargs):
+  """`batch` with its rows masked (`examples.mask_batch`), one `[2]` seed
+  per row in `seeds`; consumes `word_starts`."""
+  batch = dict(batch)
+  batch.update(
+    examples.mask_batch(
+      batch['input_ids'],
+      batch['input_mask'],
+      seeds,
+      config=config.mlm,
+      word_starts=batch.pop('word_starts', None),
+      **mask_kwargs,
+    )
+  )
+  return batch
+
+
+def _pack(batch, seq_len: int, max_examples: int):
+  """Packs parsed records into rows of `seq_len` tokens.
+
+  First fit over `_OPEN_ROWS` open rows: each record, in order, joins the
+  oldest of them with room for its real tokens and fewer than
+  `max_examples` examples, else starts a new row, which closes the open
+  row with the least room. Bounding the rows searched keeps it linear in
+  the records; closing the fullest keeps the rows that can still take
+  records open.
+
+  Args:
+    batch: `_make_parse_fn`'s `[n, seq_len]` features of unmasked records,
+      real tokens first, and `next_sentence_labels` `[n]`.
+    seq_len: tokens in a row.
+    max_examples: examples in a row, at most.
+
+  Returns:
+    `(rows, record_rows)`: rows `[m, seq_len]` of `input_ids`,
+    `input_mask`, `segment_ids` (and `word_starts` if present),
+    `example_ids` (1, 2, ... within a row; 0 at padding), and `[m,
+    max_examples]` `cls_positions` (each example's first token),
+    `next_sentence_labels` and `next_sentence_weights` (1 at the row's
+    examples); `record_rows` `[n]` int64, the row of each record, rows
+    numbered in the order of their first record.
+  """
+  lengths = tf.reduce_sum(tf.cast(batch['input_mask'] > 0, tf.int32), axis=1)
+  count = tf.size(lengths)
+  newest = _OPEN_ROWS
+
+  def place(i, open_rows, space, used, num_rows, placed):
+    fits = (space >= lengths[i]) & (used < max_examples)
+    # Empty slots hold row -1 and no space: the first rows fill them.
+    found = tf.reduce_any(fits)
+    oldest_fit = tf.argmin(
+      tf.where(fits, open_rows, num_rows), output_type=tf.int32
+    )
+    fullest = tf.argmin(space, output_type=tf.int32)
+    slot = tf.where(found, oldest_fit, fullest)
+    one = tf.one_hot(slot, newest, dtype=tf.int32)
+    if_new = tf.cast(~found, tf.int32) * one
+    open_rows += if_new * (num_rows - open_rows)
+    space += if_new * (seq_len - space)
+    used -= if_new * used
+    record = tf.stack([open_rows[slot], seq_len - space[slot], used[slot]])
+    space -= one * lengths[i]
+    used += one
+    num_rows += tf.cast(~found, tf.int32)
+    return i + 1, open_rows, space, used, num_rows, placed.write(i, record)
+
+  _, _, _, _, num_rows, placed = tf.while_loop(
+    lambda i, *_: i < count,
+    place,
+    (
+      tf.constant(0),
+      tf.fill([newest], -1),
+      tf.fill([newest], -1),
+      tf.zeros([newest], tf.int32),
+      tf.constant(0),
+      tf.TensorArray(tf.int32, size=count, element_shape=[3]),
+    ),
+  )
+  placed = tf.reshape(placed.stack(), [-1, 3])
+  row, offset, slot = (tf.cast(placed[:, j], tf.int64) for j in range(3))
+  lengths = tf.cast(lengths, tf.int64)
+  num_rows = tf.cast(num_rows, tf.int64)
+  real = tf.where(tf.range(seq_len, dtype=tf.int64) < lengths[:, None])
+  record, token = real[:, 0], real[:, 1]
+  to_row = tf.stack(
+    [tf.gather(row, record), tf.gather(offset, record) + token], axis=1
+  )
+
+  def tokens(values):
+    return tf.scatter_nd(to_row, values, [num_rows, seq_len])
+
+  rows = {
+    name: tokens(tf.gather_nd(batch[name], real))
+    for name in ('input_ids', 'input_mask', 'segment_ids', 'word_starts')
+    if name in batch
+  }
+  rows['example_ids'] = tokens(tf.cast(tf.gather(slot, record) + 1, tf.int32))
+  to_slot = tf.stack([row, slot], 1)
+  examples_shape = tf.stack([num_rows, max_examples])
+  rows['cls_positions'] = tf.scatter_nd(
+    to_slot, tf.cast(offset, tf.int32), examples_shape
+  )
+  rows['next_sentence_labels'] = tf.scatter_nd(
+    to_slot, batch['next_sentence_labels'], examples_shape
+  )
+  rows['next_sentence_weights'] = tf.scatter_nd(
+    to_slot, tf.ones_like(lengths, tf.float32), examples_shape
+  )
+  return rows, row
 
 
 def _read_file(path, file_id):
@@ -605,6 +743,22 @@ def create_train_iterator(
   files, record_format, mask_kwargs = _prepare(
     config, config.train_file_patterns
   )
+  if config.packing and record_format.premasked:
+    raise RecordError(
+      'Packing masks rows as it packs them: it needs unmasked records '
+      '(create_pretraining_data --no_mask), these hold masks'
+    )
+  if config.packing and config.host_sharding == 'batch':
+    # Packed rows are not runs of consecutive records, so a position in the
+    # record stream does not say where another host count would resume.
+    raise RecordError(
+      "packing=True needs host_sharding='files' (rows of packed records "
+      "cannot resume on another host count)"
+    )
+  if config.packing and config.max_examples_per_row < 1:
+    raise RecordError(
+      f'max_examples_per_row={config.max_examples_per_row}, must be >= 1'
+    )
   batch_size = config.per_host_batch_size
   by_batch = config.host_sharding == 'batch'
   if by_batch:
@@ -636,6 +790,33 @@ def create_train_iterator(
     )
     return batch
 
+  parse = _make_parse_fn(config, record_format)
+  # Rows are masked as a whole, each with a seed from the position of its
+  # first record: `(seed', epoch * 2**36 + record)`, hosts apart by salt.
+  row_seed = _mask_seed(config, process_index + 1)
+
+  def to_rows(serialized, positions, offsets):
+    rows, record_rows = _pack(
+      parse(serialized), config.max_seq_length, config.max_examples_per_row
+    )
+    num_rows = tf.shape(rows['input_ids'], tf.int64)[0]
+    rows['_position'] = tf.math.unsorted_segment_max(
+      positions, record_rows, num_rows
+    )
+    rows['_first'] = tf.math.unsorted_segment_min(
+      offsets, record_rows, num_rows
+    )
+    return rows
+
+  def to_packed_batch(rows):
+    rows = dict(rows)
+    positions = rows.pop('_position')
+    ordinals = positions // _EPOCH_STRIDE * (1 << 36) + rows.pop('_first')
+    seeds = tf.stack([tf.fill(tf.shape(ordinals), row_seed), ordinals], 1)
+    batch = _mask(rows, seeds, config, mask_kwargs)
+    batch['_position'] = tf.reduce_max(positions)
+    return batch
+
   def batches_from(batches, epoch, records):
     """The batches from global batch `batches`, which begins with record
     `records` of epoch `epoch`; `records` None leaves out the skipping ops."""
@@ -647,14 +828,20 @@ def create_train_iterator(
         skip = tf.where(e == epoch, np.int64(records), np.int64(0))
       return _epoch_records(files, config, e, *reader, skip=skip)
 
-    return (
-      epochs.flat_map(epoch_records)
-      .rebatch(global_batch, drop_remainder=True)
-      .enumerate(batches)
-      .map(to_batch, num_parallel_calls=tf.data.AUTOTUNE)
-      .prefetch(tf.data.AUTOTUNE)
-      .with_options(_options())
-    )
+    stream = epochs.flat_map(epoch_records)
+    if config.packing:
+      stream = (
+        stream.map(to_rows, num_parallel_calls=tf.data.AUTOTUNE)
+        .rebatch(global_batch, drop_remainder=True)
+        .map(to_packed_batch, num_parallel_calls=tf.data.AUTOTUNE)
+      )
+    else:
+      stream = (
+        stream.rebatch(global_batch, drop_remainder=True)
+        .enumerate(batches)
+        .map(to_batch, num_parallel_calls=tf.data.AUTOTUNE)
+      )
+    return stream.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
   def locate(position):
     epoch, index = divmod(position, _EPOCH_STRIDE)

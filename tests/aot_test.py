@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from bertjax import aot, model, sharding, trainer
+from bertjax import aot, model, sharding, train_step, trainer
 from configs import bert_base, bert_large, bert_tiny
 
 # Several test processes may compile at once; libtpu otherwise locks the
@@ -188,6 +188,21 @@ def test_an_oversized_recipe_fails_in_one_line():
 
 
 @needs_libtpu
+def test_splash_attention_lowers_for_a_tpu_slice():
+  """In bfloat16 without attention dropout, `auto` takes Pallas splash
+  attention on TPUs: its kernels compile with libtpu, inside the sharded
+  step (batch over 4 chips)."""
+  config = bert_tiny.get_config()
+  with config.unlocked():
+    config.model.dtype = 'bfloat16'
+  assert config.model.attention_probs_dropout_prob == 0
+  report = aot.compile_train_step(config, aot.parse_topology('v5litepod-4'))
+  assert report.attention == 'splash'
+  # Forward, and the backward's dq and dkv kernels, in each layer's scan.
+  assert report.kernels >= 3
+
+
+@needs_libtpu
 def test_the_command_prints_the_report_of_a_small_recipe():
   result = subprocess.run(
     [
@@ -208,9 +223,11 @@ def test_the_command_prints_the_report_of_a_small_recipe():
     '(data 16, fsdp 1, tensor 1)'
   )
   assert 'fits: peak' in lines[1] and 'of 95.00 GiB HBM per chip' in lines[1]
-  assert lines[3].startswith('  collectives: ') and 'all-reduce' in lines[3]
+  # float32: the XLA attention.
+  assert lines[3].startswith('  attention: xla (0 Pallas kernel calls); ')
+  assert 'collectives: ' in lines[3] and 'all-reduce' in lines[3]
   tiny = bert_tiny.get_config()
-  flops = tiny.batch_size * trainer.get_train_flops_per_example(
+  flops = tiny.batch_size * train_step.get_train_flops_per_example(
     trainer.get_model_config(tiny, 30_522),
     tiny.max_seq_length,
     tiny.data.max_predictions_per_seq,

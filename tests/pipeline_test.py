@@ -453,3 +453,110 @@ class EvalIteratorTest:
     for batches in hosts:
       merged.update(masks(batches))
     assert merged == masks(single)
+
+
+def _unpack(batches):
+  """The examples of packed rows, in row order: dicts of each example's
+  real `ids` (masks undone), `segment_ids`, its NSP `label`, and whether
+  its `[CLS]` is where `cls_positions` says."""
+  found = []
+  for batch in batches:
+    ids = _original_ids(batch)
+    for row in range(len(ids)):
+      for slot in np.nonzero(batch['next_sentence_weights'][row])[0]:
+        where = batch['example_ids'][row] == slot + 1
+        start = np.argmax(where)
+        assert where[start : start + where.sum()].all()  # contiguous
+        found.append(
+          dict(
+            ids=ids[row][where].astype(np.int64),
+            segment_ids=batch['segment_ids'][row][where],
+            label=batch['next_sentence_labels'][row, slot],
+            cls=batch['cls_positions'][row, slot] == start,
+          )
+        )
+  return found
+
+
+class PackingTest:
+  """`packing=True`: several examples per row, each intact."""
+
+  def test_rows_hold_every_example_once_and_mask_like_bert(
+    self, data_dir, written, tokenizer
+  ):
+    config = _config(data_dir, packing=True, max_examples_per_row=4)
+    iterator = pipeline.create_train_iterator(config)
+    batches, found = [], []
+    while len(found) < NUM_FILES * PER_FILE:
+      batches.append(next(iterator))
+      found = _unpack(batches)
+    for batch in batches:
+      assert batch['input_ids'].shape == (BATCH, SEQ_LEN)
+      assert batch['cls_positions'].shape == (BATCH, 4)
+      assert batch['masked_lm_positions'].shape == (BATCH, 20)
+      # Padding only after a row's examples.
+      real = batch['example_ids'] > 0
+      np.testing.assert_array_equal(real, batch['input_mask'] > 0)
+      assert (np.diff(real.astype(int), axis=1) <= 0).all()
+
+    # The first epoch holds every example once, as written.
+    lengths = written['input_mask'].sum(axis=1)
+    rows = {
+      written['input_ids'][i, : lengths[i]].tobytes(): i
+      for i in range(NUM_FILES * PER_FILE)
+    }
+    epoch = found[: NUM_FILES * PER_FILE]
+    seen = [rows[example['ids'].tobytes()] for example in epoch]
+    assert sorted(seen) == list(range(NUM_FILES * PER_FILE))
+    for i, example in zip(seen, epoch, strict=True):
+      np.testing.assert_array_equal(
+        example['segment_ids'], written['segment_ids'][i, : lengths[i]]
+      )
+      assert example['label'] == written['next_sentence_labels'][i, 0]
+      assert example['cls']
+
+    # Less padding than a record per row.
+    merged = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+    packed_padding = 1 - merged['input_mask'].mean()
+    unpacked_padding = 1 - lengths.mean() / SEQ_LEN
+    assert packed_padding < 0.5 * unpacked_padding, (
+      packed_padding,
+      unpacked_padding,
+    )
+
+    # Rows are masked like sequences: 15% of the real tokens, 80/10/10.
+    weights = merged['masked_lm_weights'] > 0
+    assert abs(weights.sum() / merged['input_mask'].sum() - 0.15) < 0.005
+    original = merged['masked_lm_ids'][weights]
+    assert not np.isin(original, tokenizer.special_ids).any()
+    positions = merged['masked_lm_positions']
+    now = np.take_along_axis(merged['input_ids'], positions, axis=1)[weights]
+    assert abs((now == tokenizer.mask_id).mean() - 0.8) < 0.02
+    replaced = (now != tokenizer.mask_id) & (now != original)
+    assert abs(replaced.mean() - 0.1) < 0.02
+
+  def test_resume_gives_the_batches_of_an_uninterrupted_run(
+    self, data_dir, tmp_path
+  ):
+    config = _config(data_dir, packing=True)
+    stop, more = EPOCH - 4, 8  # into the next epoch
+    uninterrupted = _take(pipeline.create_train_iterator(config), stop + more)
+    iterator = pipeline.create_train_iterator(config)
+    _take(iterator, stop)
+    iterator.save(str(tmp_path / 'input_0'))
+    resumed = pipeline.create_train_iterator(config)
+    resumed.restore(str(tmp_path / 'input_0'))
+    _assert_equal_batches(uninterrupted[stop:], _take(resumed, more))
+    other = dataclasses.replace(config, max_examples_per_row=2)
+    with pytest.raises(ValueError, match='another pipeline config'):
+      pipeline.create_train_iterator(other).restore(str(tmp_path / 'input_0'))
+
+  def test_what_it_cannot_pack_is_refused(self, data_dir):
+    with pytest.raises(ValueError, match="needs host_sharding='files'"):
+      pipeline.create_train_iterator(
+        _config(data_dir, packing=True, host_sharding='batch')
+      )
+    with pytest.raises(ValueError, match='max_examples_per_row=0'):
+      pipeline.create_train_iterator(
+        _config(data_dir, packing=True, max_examples_per_row=0)
+      )

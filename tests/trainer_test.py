@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from bertjax import model, pretrained, sharding, trainer, workdir
+from bertjax import model, pretrained, sharding, train_step, trainer, workdir
 from configs import bert_tiny
 from data_pipeline import examples, pipeline, records
 
@@ -246,6 +246,25 @@ class TrainingTest:
       trainer.train_and_evaluate(other, str(tmp_path))
     assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1']
 
+  def test_packed_rows_train_and_resume_exactly(self, demo_data, tmp_path):
+    del demo_data
+    changes = {
+      'num_train_steps': 4,
+      'optim.decay_steps': 4,
+      'data.packing': True,
+      'data.max_examples_per_row': 4,
+    }
+    straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
+    result = trainer.train_and_evaluate(_config(**changes), str(straight))
+    assert np.isfinite(result['train/loss'])
+    trainer.train_and_evaluate(
+      _config(**{**changes, 'num_train_steps': 2}), str(resumed)
+    )
+    trainer.train_and_evaluate(_config(**changes), str(resumed))
+    expected = _losses(straight)
+    assert sorted(expected) == [1, 2, 3, 4]
+    assert _losses(resumed) == expected
+
   def test_gradient_accumulation_equals_the_big_batch(self, demo_data):
     del demo_data
     big, accumulated = (
@@ -274,23 +293,26 @@ class TrainingTest:
     mesh = sharding.create_mesh((2, 2, 2))
     rules = sharding.default_logical_axis_rules()
     module = model.BertForPreTraining(trainer.get_model_config(config, VOCAB))
-    tx, schedule = trainer.create_optimizer(config)
-    state = trainer.abstract_train_state(module, tx, mesh, rules)
-    batch = trainer.get_batch_shapes(64, 128, 20)
+    tx, schedule = train_step.create_optimizer(config)
+    state = train_step.abstract_train_state(module, tx, mesh, rules)
+    batch = train_step.get_batch_shapes(64, 128, 20)
     batch_sharding = sharding.batch_sharding(mesh)
     batch = {
       k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
       for k, v in batch.items()
     }
-    step = trainer.jit_train_step(
-      trainer.Pretraining(module), schedule, micro_batches=2
+    step = train_step.jit_train_step(
+      train_step.Pretraining(module), schedule, micro_batches=2
     )
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       compiled = step.lower(state, batch, jax.random.key(0)).compile()
     assert compiled.memory_analysis() is not None
 
+  # Saving every step checks every step before its save; every 3 steps, the
+  # loop checks a step while the next one runs.
+  @pytest.mark.parametrize('every', [1, 3])
   def test_non_finite_step_stops_and_every_checkpoint_is_finite(
-    self, demo_data, tmp_path
+    self, demo_data, tmp_path, every
   ):
     del demo_data
     # Step 1 has a learning rate of 0 (warmup), step 2 one of 1e36: its
@@ -298,7 +320,7 @@ class TrainingTest:
     # leaves are not: the guard has to look at the update, not the loss.
     config = _config(
       num_train_steps=8,
-      checkpoint_every_steps=1,
+      checkpoint_every_steps=every,
       keep_checkpoints=10,
       log_every_steps=0,  # only at the end: progress reports then too
       **{'optim.learning_rate': 1e38, 'optim.warmup_steps': 100},
@@ -307,9 +329,17 @@ class TrainingTest:
       trainer.train_and_evaluate(config, str(tmp_path))
     failed = int(str(e.value).split('non-finite step ')[1].split(' ')[0])
     assert 1 < failed <= 8
-    saved = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints'))
-    assert saved == list(range(1, failed))
-    assert f'the last good checkpoint is step {failed - 1}' in str(e.value)
+    checkpoints = tmp_path / 'checkpoints'
+    saved = (
+      sorted(int(s) for s in os.listdir(checkpoints))
+      if checkpoints.exists()
+      else []
+    )
+    assert saved == list(range(every, failed, every))
+    if saved:
+      assert f'the last good checkpoint is step {saved[-1]}' in str(e.value)
+    else:
+      assert 'no checkpoint was saved before it' in str(e.value)
     for step in saved:
       state = ocp.PyTreeCheckpointer().restore(
         tmp_path / 'checkpoints' / str(step) / 'state'
@@ -368,12 +398,12 @@ def _run_one_step(config, mesh_shape, devices=None):
   module = model.BertForPreTraining(
     trainer.get_model_config(config, vocab_size)
   )
-  tx, schedule = trainer.create_optimizer(config)
-  state, shardings = trainer.create_train_state(
+  tx, schedule = train_step.create_optimizer(config)
+  state, shardings = train_step.create_train_state(
     module, tx, mesh, rules, jax.random.key(0)
   )
-  step = trainer.jit_train_step(
-    trainer.Pretraining(module), schedule, micro_batches=config.micro_batches
+  step = train_step.jit_train_step(
+    train_step.Pretraining(module), schedule, micro_batches=config.micro_batches
   )
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     global_batch = jax.device_put(batch, sharding.batch_sharding(mesh))

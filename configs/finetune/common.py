@@ -59,6 +59,11 @@ def get_config(task: str) -> ml_collections.ConfigDict:
   config.model.scan_layers = True
   # Rematerialisation per layer: none | full | dots | dots_no_batch.
   config.model.remat_policy = 'none'
+  # Attention: auto | xla | cudnn | splash. The fused kernels (cuDNN flash
+  # attention on NVIDIA GPUs, Pallas splash on TPUs) have no dropout on
+  # attention probabilities: auto takes them in bfloat16 when
+  # attention_probs_dropout_prob is 0, and xla otherwise.
+  config.model.attention = 'auto'
   # Dropout while fine-tuning (the encoder's and the head's).
   config.model.hidden_dropout_prob = 0.1
   config.model.attention_probs_dropout_prob = 0.1

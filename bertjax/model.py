@@ -320,7 +320,9 @@ def _lookup(embed: nn.Embed, ids: jax.Array, row_axis: str | None):
   it whole on every step ("involuntary full rematerialization")."""
   table = _constrain(embed.embedding, (row_axis, None))
   rows = jnp.take(table, ids, axis=0).astype(embed.dtype)
-  return _constrain(rows, (ACTIVATION_BATCH, ACTIVATION_LENGTH, ACTIVATION_EMBED))
+  return _constrain(
+    rows, (ACTIVATION_BATCH, ACTIVATION_LENGTH, ACTIVATION_EMBED)
+  )
 
 
 class BertEmbeddings(nn.Module):
@@ -358,7 +360,9 @@ class BertEmbeddings(nn.Module):
     default 0, 1, ...) -> `[batch, seq_len, hidden_size]` in the compute
     dtype."""
     if positions is None:
-      positions = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
+      positions = jnp.broadcast_to(
+        jnp.arange(input_ids.shape[-1]), input_ids.shape
+      )
     x = (
       _lookup(self.word_embeddings, input_ids, VOCAB)
       + _lookup(self.position_embeddings, positions, None)

@@ -126,7 +126,9 @@ def get_batch_shapes(
     next_sentence_labels=jax.ShapeDtypeStruct((batch_size,), jnp.int32),
   )
   if examples_per_row:
-    per_example = jax.ShapeDtypeStruct((batch_size, examples_per_row), jnp.int32)
+    per_example = jax.ShapeDtypeStruct(
+      (batch_size, examples_per_row), jnp.int32
+    )
     shapes.update(
       example_ids=sequence,
       cls_positions=per_example,

@@ -753,7 +753,7 @@ def create_train_iterator(
     # record stream does not say where another host count would resume.
     raise RecordError(
       "packing=True needs host_sharding='files' (rows of packed records "
-      "cannot resume on another host count)"
+      'cannot resume on another host count)'
     )
   if config.packing and config.max_examples_per_row < 1:
     raise RecordError(

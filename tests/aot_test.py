@@ -203,6 +203,18 @@ def test_splash_attention_lowers_for_a_tpu_slice():
 
 
 @needs_libtpu
+def test_a_packed_recipe_compiles_for_a_tpu_slice():
+  """With `data.packing`, the step is compiled for packed rows (example ids,
+  per-example [CLS] positions and NSP labels) and splash takes them."""
+  config = bert_tiny.get_config()
+  with config.unlocked():
+    config.model.dtype = 'bfloat16'
+    config.data.packing = True
+  report = aot.compile_train_step(config, aot.parse_topology('v5litepod-4'))
+  assert report.attention == 'splash' and report.kernels >= 3
+
+
+@needs_libtpu
 def test_the_command_prints_the_report_of_a_small_recipe():
   result = subprocess.run(
     [

@@ -466,15 +466,21 @@ def _splash_attention(q, k, v, segments):
     block = math.gcd(seq_len, 512)
     kernel = splash.make_splash_mha(
       splash_mask.MultiHeadMask([splash_mask.FullMask((seq_len,) * 2)] * heads),
+      # One block size for every tile of the forward and backward kernels.
       block_sizes=splash.BlockSizes(
-        block_q=block,
-        block_kv=block,
-        block_kv_compute=block,
-        block_q_dkv=block,
-        block_kv_dkv=block,
-        block_kv_dkv_compute=block,
-        block_q_dq=block,
-        block_kv_dq=block,
+        **dict.fromkeys(
+          (
+            'block_q',
+            'block_kv',
+            'block_kv_compute',
+            'block_q_dkv',
+            'block_kv_dkv',
+            'block_kv_dkv_compute',
+            'block_q_dq',
+            'block_kv_dq',
+          ),
+          block,
+        )
       ),
       head_shards=1,
       q_seq_shards=1,

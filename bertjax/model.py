@@ -19,8 +19,10 @@ residual, an additive padding mask, the MLM head evaluated only at
 `masked_lm_positions`.
 
 Mixed precision: with `dtype='bfloat16'`, matmul inputs are bfloat16 and every
-matmul accumulates in float32 (`preferred_element_type`); softmax, LayerNorm
-statistics and the MLM/NSP logits are float32. Parameters stay `param_dtype`.
+matmul accumulates in float32 (`preferred_element_type`); the dense layers'
+and the decoder's gradient matmuls take bfloat16 operands too (`matmul`).
+Softmax, LayerNorm statistics and the MLM/NSP logits are float32. Parameters
+and their gradients stay `param_dtype`.
 """
 
 import dataclasses
@@ -32,6 +34,7 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 # Logical axis names of parameters and activations.
 VOCAB = 'vocab'
@@ -66,10 +69,18 @@ _REMAT_POLICIES: dict[str, Any] = {
   'none': None,
   # Save nothing, recompute the whole layer in the backward pass.
   'full': jax.checkpoint_policies.nothing_saveable,
-  # Save matmul outputs, recompute the cheap elementwise ops.
-  'dots': jax.checkpoint_policies.checkpoint_dots,
+  # Save matmul outputs, recompute the cheap elementwise ops. `matmul`'s
+  # products are inside a custom VJP, where the dot policies do not see
+  # them, so they are saved by name.
+  'dots': jax.checkpoint_policies.save_from_both_policies(
+    jax.checkpoint_policies.checkpoint_dots,
+    jax.checkpoint_policies.save_only_these_names('matmul'),
+  ),
   # Save matmul outputs without batch dims (i.e. not attention scores).
-  'dots_no_batch': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  'dots_no_batch': jax.checkpoint_policies.save_from_both_policies(
+    jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    jax.checkpoint_policies.save_only_these_names('matmul'),
+  ),
 }
 
 _DTYPES = ('float32', 'bfloat16', 'float16')
@@ -246,6 +257,50 @@ def _constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
   return nn.with_logical_constraint(x, axes)
 
 
+def matmul(spec: str, a: jax.Array, b: jax.Array, dtype) -> jax.Array:
+  """`jnp.einsum(spec, a, b)` on inputs cast to `dtype`, accumulated and
+  returned in float32, and differentiated the same way: the cotangent is cast
+  to `dtype` before both gradient matmuls.
+
+  Autodiff of `einsum(..., preferred_element_type=float32)` would multiply the
+  float32 cotangent by a bfloat16 operand, which XLA computes as a float32
+  matmul: two thirds of a training step's matmuls would not run in bfloat16.
+  (Asking for a bfloat16 product instead makes XLA:CPU compute every matmul
+  in float32.) Each index of `spec` must appear in the output or in the
+  other operand. The product is named 'matmul' for the remat policies.
+  """
+  return checkpoint_name(_matmul(spec, a, b, dtype), 'matmul')
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def _matmul(spec: str, a: jax.Array, b: jax.Array, dtype) -> jax.Array:
+  return jnp.einsum(
+    spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32
+  )
+
+
+def _matmul_fwd(spec, a, b, dtype):
+  return _matmul(spec, a, b, dtype), (a, b)
+
+
+def _matmul_bwd(spec, dtype, residuals, g):
+  a, b = residuals
+  inputs, out = spec.split('->')
+  sa, sb = inputs.split(',')
+  g = g.astype(dtype)
+  # The gradient of the weights (b) stays float32 when b is stored so.
+  da = jnp.einsum(
+    f'{out},{sb}->{sa}', g, b.astype(dtype), preferred_element_type=jnp.float32
+  )
+  db = jnp.einsum(
+    f'{sa},{out}->{sb}', a.astype(dtype), g, preferred_element_type=jnp.float32
+  )
+  return da.astype(a.dtype), db.astype(b.dtype)
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
 class Dense(nn.Module):
   """A dense layer over the trailing `in_dims` axes with logical axis names.
 
@@ -285,12 +340,14 @@ class Dense(nn.Module):
       jnp.dtype(c.param_dtype),
     )
     dtype = jnp.dtype(c.dtype)
-    contract = tuple(range(x.ndim - self.in_dims, x.ndim))
-    y = jax.lax.dot_general(
-      x.astype(dtype),
-      kernel.astype(dtype),
-      ((contract, tuple(range(self.in_dims))), ((), ())),
-      preferred_element_type=jnp.float32,
+    letters = 'abcdefghijklmnopqrstuvwxyz'[: x.ndim + len(features)]
+    kept, contracted = (
+      letters[: x.ndim - self.in_dims],
+      letters[x.ndim - self.in_dims : x.ndim],
+    )
+    made = letters[x.ndim :]
+    y = matmul(
+      f'{kept}{contracted},{contracted}{made}->{kept}{made}', x, kernel, dtype
     )
     return (y + bias.astype(jnp.float32)).astype(dtype)
 
@@ -376,9 +433,9 @@ class BertEmbeddings(nn.Module):
   def attend(self, x: jax.Array) -> jax.Array:
     """The tied decoder: `[..., hidden_size]` -> float32 `[..., vocab_size]`
     scores against every word embedding."""
-    table = self.word_embeddings.embedding.astype(x.dtype)
-    return jnp.einsum(
-      '...h,vh->...v', x, table, preferred_element_type=jnp.float32
+    kept = 'abcdefg'[: x.ndim - 1]
+    return matmul(
+      f'{kept}h,vh->{kept}v', x, self.word_embeddings.embedding, x.dtype
     )
 
 
@@ -557,6 +614,9 @@ def attention(
     return jax.nn.dot_product_attention(
       q, k, v, implementation='cudnn', **where
     )
+  # Plain einsums, not `matmul`: one of their gradient products contracts
+  # the query axis of the probabilities, for which XLA:CPU has no bfloat16
+  # kernel (UNIMPLEMENTED); autodiff makes those float32.
   scores = jnp.einsum(
     'bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32
   )

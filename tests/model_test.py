@@ -1,5 +1,8 @@
 """Tests of bertjax.model: configs, presets, shapes, masking, precision."""
 
+import contextlib
+import io
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -170,6 +173,20 @@ class BertForPreTrainingTest:
     jax.tree.map(
       lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g, g_remat
     )
+    # The dot policies keep the dense layers' products (made inside
+    # `model.matmul`'s custom VJP, where they are saved by name); unscanned,
+    # each layer's residuals are listed with their origin.
+    unscanned = model.BertForPreTraining(
+      config.replace(remat_policy=policy, scan_layers=False)
+    )
+    params = nn.unbox(unscanned.init(jax.random.key(0), **batch))['params']
+    saved = io.StringIO()
+    with contextlib.redirect_stdout(saved):
+      jax.ad_checkpoint.print_saved_residuals(
+        lambda p: loss(unscanned, p), params
+      )
+    named = "named 'matmul'" in saved.getvalue()
+    assert named == (policy != 'full'), saved.getvalue()
 
   def test_dropout_is_seeded_and_off_when_deterministic(self):
     config = model.get_config('tiny', vocab_size=VOCAB)
@@ -230,6 +247,42 @@ class BertForPreTrainingTest:
       in_dtypes = {v.aval.dtype for v in eqn.invars}
       if jnp.bfloat16 in in_dtypes:
         assert eqn.outvars[0].aval.dtype == jnp.float32, eqn
+
+  def test_bfloat16_gradients_multiply_in_bfloat16(self):
+    batch = _batch()
+    config = model.get_config('tiny', vocab_size=VOCAB)
+    m, variables = _init(config, batch)
+    m16 = model.BertForPreTraining(config.replace(dtype='bfloat16'))
+
+    def loss(module, params):
+      out = module.apply({'params': params}, **batch)
+      return out['mlm_logits'].mean() + out['nsp_logits'].mean()
+
+    grad = jax.grad(lambda p: loss(m16, p))
+    jaxpr = jax.make_jaxpr(grad)(variables['params'])
+    dots = [
+      eqn
+      for eqn in _all_eqns(jaxpr.jaxpr)
+      if eqn.primitive.name == 'dot_general'
+    ]
+    # Forward and backward products of the dense layers and the decoder
+    # (no batch dims; attention's have them) take bfloat16 operands only,
+    # and give float32.
+    dense = [e for e in dots if not e.params['dimension_numbers'][1][0]]
+    assert len(dense) >= 3 * 6, len(dense)  # 6+ per layer: fwd and 2 grads
+    for eqn in dense:
+      assert {v.aval.dtype for v in eqn.invars} == {jnp.dtype('bfloat16')}, eqn
+      assert eqn.outvars[0].aval.dtype == jnp.float32, eqn
+    g16 = jax.jit(grad)(variables['params'])
+    g32 = jax.jit(jax.grad(lambda p: loss(m, p)))(variables['params'])
+    largest = max(np.abs(np.asarray(b)).max() for b in jax.tree.leaves(g32))
+    for (path, a), b in zip(
+      jax.tree_util.tree_leaves_with_path(g16), jax.tree.leaves(g32)
+    ):
+      assert a.dtype == jnp.float32, path
+      np.testing.assert_allclose(
+        a, b, rtol=0.05, atol=0.02 * largest, err_msg=str(path)
+      )
 
 
 def _all_eqns(jaxpr):

@@ -88,6 +88,13 @@ def parse_args(argv=None) -> argparse.Namespace:
   )
   parser.add_argument('--remat', default='none', help='remat policy')
   parser.add_argument(
+    '--scan_layers',
+    type=_bool,
+    default=True,
+    help='nn.scan over the layers (the default: compiles faster); false '
+    'unrolls them',
+  )
+  parser.add_argument(
     '--packed',
     action='store_true',
     help='rows of 4 packed examples each (segment-aware attention)',
@@ -177,6 +184,7 @@ def jax_runner(args, batch):
     attention=args.attention,
     attention_probs_dropout_prob=args.attention_dropout,
     remat_policy=args.remat,
+    scan_layers=args.scan_layers,
   )
   module = model.BertForPreTraining(config)
   recipe = types.SimpleNamespace(optim=OPTIM, num_train_steps=1000)
@@ -272,7 +280,8 @@ def main(argv=None):
   print(
     f'{args.size}, batch {args.batch_size} x {args.seq_len}, '
     f'{args.predictions} predictions, {args.dtype}, attention {attention}'
-    f'{", packed" if args.packed else ""}; {device.device_kind} '
+    f'{", packed" if args.packed else ""}'
+    f'{"" if args.scan_layers else ", layers unrolled"}; {device.device_kind} '
     f'({device.platform}), {os.cpu_count()} cores, jax {jax.__version__}'
   )
   print(
@@ -299,6 +308,7 @@ def main(argv=None):
     dtype=args.dtype,
     attention=attention,
     packed=args.packed,
+    scan_layers=args.scan_layers,
     device=device.device_kind,
     jax=jax.__version__,
     seq_per_s=seq_per_s['bertjax'],

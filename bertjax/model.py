@@ -305,7 +305,9 @@ class Dense(nn.Module):
   """A dense layer over the trailing `in_dims` axes with logical axis names.
 
   Accumulates in float32 (faster on CPU than a bfloat16 result, and native
-  to TPU/GPU matrix units) and adds the bias before casting back.
+  to TPU/GPU matrix units) and adds the bias, and applies the activation if
+  any, before casting back: in float32, GELU is both exact and faster on
+  CPU.
   """
 
   config: BertConfig  # dtypes and the initializer range
@@ -314,6 +316,8 @@ class Dense(nn.Module):
   # takes the output names.
   axes: tuple[str, ...]
   in_dims: int = 1
+  # Applied to the float32 sum, before the cast to the compute dtype.
+  activation: Callable[[jax.Array], jax.Array] | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -349,11 +353,16 @@ class Dense(nn.Module):
     y = matmul(
       f'{kept}{contracted},{contracted}{made}->{kept}{made}', x, kernel, dtype
     )
-    return (y + bias.astype(jnp.float32)).astype(dtype)
+    y = y + bias.astype(jnp.float32)
+    if self.activation is not None:
+      y = self.activation(y)
+    return y.astype(dtype)
 
 
-def _dense(config: BertConfig, features, axes, name, in_dims: int = 1) -> Dense:
-  return Dense(config, features, axes, in_dims, name=name)
+def _dense(
+  config: BertConfig, features, axes, name, in_dims: int = 1, activation=None
+) -> Dense:
+  return Dense(config, features, axes, in_dims, activation, name=name)
 
 
 def _layer_norm(config: BertConfig, name) -> nn.LayerNorm:
@@ -697,8 +706,13 @@ class BertLayer(nn.Module):
     x = _layer_norm(c, name='attention_layer_norm')(
       x + dropout(attn, deterministic=deterministic)
     )
-    h = _dense(c, c.intermediate_size, (EMBED, MLP), name='intermediate')(x)
-    h = _ACTIVATIONS[c.hidden_act](h)
+    h = _dense(
+      c,
+      c.intermediate_size,
+      (EMBED, MLP),
+      name='intermediate',
+      activation=_ACTIVATIONS[c.hidden_act],
+    )(x)
     h = _constrain(h, (ACTIVATION_BATCH, ACTIVATION_LENGTH, ACTIVATION_MLP))
     h = _dense(c, c.hidden_size, (MLP, EMBED), name='output')(h)
     x = _layer_norm(c, name='output_layer_norm')(
@@ -868,8 +882,13 @@ class MaskedLmHead(nn.Module):
     x = jnp.take_along_axis(
       sequence_output, masked_lm_positions[..., None].astype(jnp.int32), axis=1
     )
-    x = _dense(c, c.hidden_size, (EMBED, MLP), name='transform')(x)
-    x = _ACTIVATIONS[c.hidden_act](x)
+    x = _dense(
+      c,
+      c.hidden_size,
+      (EMBED, MLP),
+      name='transform',
+      activation=_ACTIVATIONS[c.hidden_act],
+    )(x)
     x = _layer_norm(c, name='layer_norm')(x)
     bias = self.param(
       'output_bias',

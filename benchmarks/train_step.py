@@ -5,7 +5,7 @@ device's measured matmul ceiling, beside transformers' PyTorch BERT.
     --dtype=bfloat16 [--peer=false] [--packed] [--attention=auto]
 
 In one process it measures:
-- the ceiling: the median rate of a large square matmul, bf16 x bf16 -> f32
+- the ceiling: the median rate of a large square matmul (15 after 3 warm-up calls), bf16 x bf16 -> f32
   and f32 x f32, on the first device;
 - bertjax's jitted train step (`bertjax.train_step`: forward, backward,
   AdamW; the MLM head at the masked positions only) on synthetic batches:
@@ -158,14 +158,17 @@ def make_batch(args, rng: np.random.Generator) -> dict[str, np.ndarray]:
   return batch
 
 
-def matmul_rate(dtype: str, n: int, repeats: int = 7) -> float:
+def matmul_rate(dtype: str, n: int, repeats: int = 15) -> float:
   """Median FLOP/s of an `n` x `n` matmul in `dtype`, float32 accumulation."""
   rng = np.random.default_rng(0)
   a, b = (jnp.asarray(rng.normal(size=(n, n)), dtype) for _ in range(2))
   matmul = jax.jit(
     lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32)
   )
-  matmul(a, b).block_until_ready()
+  # A few calls first: the first ones after start-up ran at half speed on
+  # a CPU (thread pools, page faults), and halved the ceiling.
+  for _ in range(3):
+    matmul(a, b).block_until_ready()
   times = []
   for _ in range(repeats):
     start = time.perf_counter()

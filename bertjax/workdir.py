@@ -198,6 +198,30 @@ def _check_space(directory: epath.Path, tree: Any, step: int) -> None:
     )
 
 
+def _save_replicated_arrays_whole_on_cpu() -> None:
+  """On CPU devices, saves each replicated array from one replica.
+
+  Orbax's default splits a replicated array across its replicas, each
+  writing a slice, which spreads device-to-host copies on accelerators.
+  On CPU devices there is no such copy, and the slicing compiles a program
+  per array shape: the first save of each process blocked for seconds.
+  Elsewhere Orbax's default stands. (Orbax 0.12 keeps the array metadata
+  store, which its default handler is given, under `_src`.)
+  """
+  if jax.default_backend() != 'cpu':
+    return
+  from orbax.checkpoint._src.metadata import array_metadata_store
+
+  ocp.type_handlers.register_type_handler(
+    jax.Array,
+    ocp.type_handlers.ArrayHandler(
+      use_replica_parallel=False,
+      array_metadata_store=array_metadata_store.Store(),
+    ),
+    override=True,
+  )
+
+
 class Checkpointer:
   """Orbax checkpoints of a training run: state, input position, config.
 
@@ -227,6 +251,7 @@ class Checkpointer:
       async_options=_ASYNC_OPTIONS,
     )
     self._workdir = _absolute(workdir)
+    _save_replicated_arrays_whole_on_cpu()
     self._manager = ocp.CheckpointManager(
       self._workdir / CHECKPOINTS_DIR,
       options=options,

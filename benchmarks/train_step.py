@@ -5,8 +5,8 @@ device's measured matmul ceiling, beside transformers' PyTorch BERT.
     --dtype=bfloat16 [--peer=false] [--packed] [--attention=auto]
 
 In one process it measures:
-- the ceiling: the median rate of a large square matmul (15 after 3 warm-up calls), bf16 x bf16 -> f32
-  and f32 x f32, on the first device;
+- the ceiling: the median rate of a large square matmul (15 calls after 3
+  warm-up ones), bf16 x bf16 -> f32 and f32 x f32, on the first device;
 - bertjax's jitted train step (`bertjax.train_step`: forward, backward,
   AdamW; the MLM head at the masked positions only) on synthetic batches:
   compile time, peak memory from the compiler, and the median of `--steps`

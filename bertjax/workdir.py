@@ -36,6 +36,7 @@ go through `etils.epath`, so `gs://` workdirs work like local ones.
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -198,6 +199,7 @@ def _check_space(directory: epath.Path, tree: Any, step: int) -> None:
     )
 
 
+@functools.cache  # Once per process.
 def _save_replicated_arrays_whole_on_cpu() -> None:
   """On CPU devices, saves each replicated array from one replica.
 
@@ -212,14 +214,21 @@ def _save_replicated_arrays_whole_on_cpu() -> None:
     return
   from orbax.checkpoint._src.metadata import array_metadata_store
 
-  ocp.type_handlers.register_type_handler(
-    jax.Array,
-    ocp.type_handlers.ArrayHandler(
-      use_replica_parallel=False,
-      array_metadata_store=array_metadata_store.Store(),
-    ),
-    override=True,
-  )
+  # Orbax warns of any override; this one is deliberate.
+  absl_logger = logging.get_absl_logger()
+  level = absl_logger.level
+  absl_logger.setLevel(logging.logging.ERROR)
+  try:
+    ocp.type_handlers.register_type_handler(
+      jax.Array,
+      ocp.type_handlers.ArrayHandler(
+        use_replica_parallel=False,
+        array_metadata_store=array_metadata_store.Store(),
+      ),
+      override=True,
+    )
+  finally:
+    absl_logger.setLevel(level)
 
 
 class Checkpointer:

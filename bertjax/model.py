@@ -305,8 +305,8 @@ class Dense(nn.Module):
   """A dense layer over the trailing `in_dims` axes with logical axis names.
 
   Accumulates in float32 (faster on CPU than a bfloat16 result, and native
-  to TPU/GPU matrix units) and adds the bias, and applies the activation if
-  any, before casting back: in float32, GELU is both exact and faster on
+  to TPU/GPU matrix units) and adds the bias, and applies the activation
+  if asked, before casting back: in float32, GELU is both exact and faster on
   CPU.
   """
 
@@ -316,8 +316,9 @@ class Dense(nn.Module):
   # takes the output names.
   axes: tuple[str, ...]
   in_dims: int = 1
-  # Applied to the float32 sum, before the cast to the compute dtype.
-  activation: Callable[[jax.Array], jax.Array] | None = None
+  # Whether to apply `config.hidden_act` to the float32 sum, before the
+  # cast to the compute dtype.
+  activate: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -354,15 +355,15 @@ class Dense(nn.Module):
       f'{kept}{contracted},{contracted}{made}->{kept}{made}', x, kernel, dtype
     )
     y = y + bias.astype(jnp.float32)
-    if self.activation is not None:
-      y = self.activation(y)
+    if self.activate:
+      y = _ACTIVATIONS[c.hidden_act](y)
     return y.astype(dtype)
 
 
 def _dense(
-  config: BertConfig, features, axes, name, in_dims: int = 1, activation=None
+  config: BertConfig, features, axes, name, in_dims: int = 1, activate=False
 ) -> Dense:
-  return Dense(config, features, axes, in_dims, activation, name=name)
+  return Dense(config, features, axes, in_dims, activate, name=name)
 
 
 def _layer_norm(config: BertConfig, name) -> nn.LayerNorm:
@@ -707,11 +708,7 @@ class BertLayer(nn.Module):
       x + dropout(attn, deterministic=deterministic)
     )
     h = _dense(
-      c,
-      c.intermediate_size,
-      (EMBED, MLP),
-      name='intermediate',
-      activation=_ACTIVATIONS[c.hidden_act],
+      c, c.intermediate_size, (EMBED, MLP), 'intermediate', activate=True
     )(x)
     h = _constrain(h, (ACTIVATION_BATCH, ACTIVATION_LENGTH, ACTIVATION_MLP))
     h = _dense(c, c.hidden_size, (MLP, EMBED), name='output')(h)
@@ -882,13 +879,7 @@ class MaskedLmHead(nn.Module):
     x = jnp.take_along_axis(
       sequence_output, masked_lm_positions[..., None].astype(jnp.int32), axis=1
     )
-    x = _dense(
-      c,
-      c.hidden_size,
-      (EMBED, MLP),
-      name='transform',
-      activation=_ACTIVATIONS[c.hidden_act],
-    )(x)
+    x = _dense(c, c.hidden_size, (EMBED, MLP), 'transform', activate=True)(x)
     x = _layer_norm(c, name='layer_norm')(x)
     bias = self.param(
       'output_bias',

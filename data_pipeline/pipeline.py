@@ -647,10 +647,12 @@ class Iterator(collections.abc.Iterator):
       'batches': self.batches,
       'global_batch_size': self._global_batch_size,
       'position': self._position,
-      'epoch': self._next_record[0],
-      'epoch_records': self._next_record[1],
       'fingerprint': self._fingerprint,
     }
+    if self._seek is not None:
+      # Where the next record is; only a seek (another host count) reads it,
+      # and only batch-sharded unpacked batches carry it.
+      meta['epoch'], meta['epoch_records'] = self._next_record
     with tf.io.gfile.GFile(prefix + '.json', 'w') as f:
       json.dump(meta, f)
 
@@ -698,7 +700,8 @@ class Iterator(collections.abc.Iterator):
       self._started = None
     self.batches = meta['batches']
     self._position = meta['position']
-    self._next_record = (meta['epoch'], meta['epoch_records'])
+    if self._seek is not None:
+      self._next_record = (meta['epoch'], meta['epoch_records'])
 
 
 def _prepare(config, patterns):

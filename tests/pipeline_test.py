@@ -1,6 +1,7 @@
 """Tests of data_pipeline.pipeline on TFRecords of real English and Chinese."""
 
 import dataclasses
+import json
 import os
 import shutil
 
@@ -544,6 +545,9 @@ class PackingTest:
     iterator = pipeline.create_train_iterator(config)
     _take(iterator, stop)
     iterator.save(str(tmp_path / 'input_0'))
+    # Packed rows are not counted in records: no epoch fields to go stale.
+    saved = json.loads((tmp_path / 'input_0.json').read_text())
+    assert saved['batches'] == stop and 'epoch_records' not in saved
     resumed = pipeline.create_train_iterator(config)
     resumed.restore(str(tmp_path / 'input_0'))
     _assert_equal_batches(uninterrupted[stop:], _take(resumed, more))

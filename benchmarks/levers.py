@@ -25,10 +25,12 @@ import dataclasses
 import json
 import statistics
 import time
+import types
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import train_step as harness  # The sibling benchmark: batches, the recipe.
 
@@ -168,7 +170,7 @@ def build(args, lever: str):
     scan_layers=args.scan_layers,
   )
   module = model.BertForPreTraining(config)
-  recipe = type('Recipe', (), dict(optim=harness.OPTIM, num_train_steps=1000))
+  recipe = types.SimpleNamespace(optim=harness.OPTIM, num_train_steps=1000)
   tx, schedule = train_step.create_optimizer(recipe)
   if lever == 'bf16_params':
     tx = float32_master(tx)
@@ -178,7 +180,7 @@ def build(args, lever: str):
     objective = train_step.Pretraining(module)
   mesh = sharding.create_mesh((-1, 1, 1), jax.devices()[:1])
   rules = sharding.default_logical_axis_rules()
-  # Both levers start from the same float32 initial params (rounded for
+  # Both steps start from the same float32 initial params (rounded for
   # bf16_params, whose master copy keeps them whole).
   state, _ = train_step.create_train_state(
     module, tx, mesh, rules, jax.random.key(0)
@@ -190,14 +192,7 @@ def build(args, lever: str):
   step = train_step.jit_train_step(objective, schedule)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     compiled = step.lower(state, args.batch, jax.random.key(1)).compile()
-  memory = compiled.memory_analysis()
-  peak = (
-    memory.argument_size_in_bytes
-    + memory.output_size_in_bytes
-    - memory.alias_size_in_bytes
-    + memory.temp_size_in_bytes
-  )
-  return compiled, state, peak
+  return compiled, state, harness.peak_bytes(compiled)
 
 
 def main(argv=None):
@@ -212,7 +207,7 @@ def main(argv=None):
   parser.add_argument(
     '--dtype', default='bfloat16', choices=('float32', 'bfloat16')
   )
-  parser.add_argument('--scan_layers', type=harness._bool, default=True)
+  parser.add_argument('--scan_layers', type=harness.parse_bool, default=True)
   parser.add_argument('--vocab_chunks', type=int, default=6)
   parser.add_argument('--steps', type=int, default=5)
   parser.add_argument('--rounds', type=int, default=4)
@@ -224,7 +219,7 @@ def main(argv=None):
     )
   args.packed = False
   args.batch = jax.device_put(
-    harness.make_batch(args, harness.np.random.default_rng(0))
+    harness.make_batch(args, np.random.default_rng(0))
   )
   key = jax.random.key(1)
   runs, peaks, losses = {}, {}, {}

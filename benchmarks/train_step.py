@@ -60,7 +60,7 @@ OPTIM = types.SimpleNamespace(
 )
 
 
-def _bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
   if text.lower() in ('1', 'true', 'yes'):
     return True
   if text.lower() in ('0', 'false', 'no'):
@@ -89,7 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--remat', default='none', help='remat policy')
   parser.add_argument(
     '--scan_layers',
-    type=_bool,
+    type=parse_bool,
     default=True,
     help='nn.scan over the layers (the default: compiles faster); false '
     'unrolls them',
@@ -102,10 +102,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--steps', type=int, default=6, help='timed, >= 5')
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--rounds', type=int, default=2)
-  parser.add_argument('--peer', type=_bool, default=True)
+  parser.add_argument('--peer', type=parse_bool, default=True)
   parser.add_argument(
     '--peer_bf16',
-    type=_bool,
+    type=parse_bool,
     default=True,
     help='also the bf16-autocast peer (slow on CPUs without AVX512-BF16)',
   )
@@ -177,6 +177,18 @@ def matmul_rate(dtype: str, n: int, repeats: int = 15) -> float:
   return 2 * n**3 / statistics.median(times)
 
 
+def peak_bytes(compiled) -> int:
+  """The compiler's peak memory for a compiled step: its arguments and
+  outputs (a donated buffer counted once) and its temporaries."""
+  memory = compiled.memory_analysis()
+  return (
+    memory.argument_size_in_bytes
+    + memory.output_size_in_bytes
+    - memory.alias_size_in_bytes
+    + memory.temp_size_in_bytes
+  )
+
+
 def jax_runner(args, batch):
   """(run n synchronised steps -> their times, compile seconds, peak bytes,
   the attention implementation)."""
@@ -205,13 +217,7 @@ def jax_runner(args, batch):
     start = time.perf_counter()
     compiled = step.lower(state, batch, key).compile()
   compile_s = time.perf_counter() - start
-  memory = compiled.memory_analysis()
-  peak = (
-    memory.argument_size_in_bytes
-    + memory.output_size_in_bytes
-    - memory.alias_size_in_bytes
-    + memory.temp_size_in_bytes
-  )
+  peak = peak_bytes(compiled)
   holder = {'state': state}
 
   def run(n):

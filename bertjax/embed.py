@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
 
-from bertjax import hf, model, pretrained
+from bertjax import model, pretrained
 from data_pipeline import cli, files
 
 
@@ -81,7 +81,7 @@ class EmbedError(ValueError):
   """An input or setting that embedding cannot work with."""
 
 
-def _import_tokenizers() -> Any:
+def _import_tokenizers() -> None:
   """Imports `data_pipeline.tokenizers`, which imports TensorFlow.
 
   Late, so that errors found earlier need not wait for TensorFlow's slow
@@ -96,12 +96,11 @@ def _import_tokenizers() -> Any:
     with open(os.devnull, 'w') as devnull:
       os.dup2(devnull.fileno(), 2)
       try:
-        from data_pipeline import tokenizers
+        from data_pipeline import tokenizers  # noqa: F401
       finally:
         os.dup2(saved, 2)
   finally:
     os.close(saved)
-  return tokenizers
 
 
 def load_encoder(
@@ -139,24 +138,17 @@ def load_model(
     (config, params, a `data_pipeline.tokenizers.Tokenizer`).
 
   Raises:
-    EmbedError: no tokenizer, one with more ids than the model has, or a
-      max_seq_length the model cannot take.
+    EmbedError: a max_seq_length the model cannot take; as
+      `pretrained.load` and `pretrained.open_tokenizer`.
   """
   config, params, tokenizer_file = pretrained.load(
     pretrained.resolve(path), require_heads=require_heads
   )
   get_max_seq_length(config, max_seq_length)
-  if tokenizer_file is None:
-    raise EmbedError(f'{path}: no vocab.txt or SentencePiece model')
-  tokenizers = _import_tokenizers()
-  if do_lower_case is None and not tokenizer_file.endswith('.model'):
-    do_lower_case = hf.read_do_lower_case(os.path.dirname(tokenizer_file))
-  tokenizer = tokenizers.create_tokenizer(tokenizer_file, do_lower_case)
-  if tokenizer.vocab_size > config.vocab_size:
-    raise EmbedError(
-      f'{tokenizer_file}: {tokenizer.vocab_size} tokens, but the model has '
-      f'only {config.vocab_size} word embeddings'
-    )
+  _import_tokenizers()
+  tokenizer = pretrained.open_tokenizer(
+    tokenizer_file, config, do_lower_case, path
+  )
   return config, params, tokenizer
 
 

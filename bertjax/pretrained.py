@@ -141,6 +141,37 @@ def find_tokenizer_file(model_dir: str) -> str | None:
   return next((path for path in paths if os.path.isfile(path)), None)
 
 
+def open_tokenizer(
+  tokenizer_file: str | None,
+  config: model.BertConfig,
+  do_lower_case: bool | None,
+  source: str,
+) -> Any:
+  """A model's `data_pipeline.tokenizers.Tokenizer`, checked against it.
+
+  `do_lower_case=None` reads the `tokenizer_config.json` beside a WordPiece
+  vocabulary, else infers it from the vocabulary.
+
+  Raises:
+    FileNotFoundError: `source` has no tokenizer file.
+    model.WeightsError: the tokenizer has more ids than the model has rows.
+  """
+  if tokenizer_file is None:
+    raise FileNotFoundError(f'{source}: no vocab.txt or SentencePiece model')
+  # TensorFlow comes with it: imported only by callers that tokenize.
+  from data_pipeline import tokenizers
+
+  if do_lower_case is None and not tokenizer_file.endswith('.model'):
+    do_lower_case = hf.read_do_lower_case(os.path.dirname(tokenizer_file))
+  tokenizer = tokenizers.create_tokenizer(tokenizer_file, do_lower_case)
+  if tokenizer.vocab_size > config.vocab_size:
+    raise model.WeightsError(
+      f'{tokenizer_file}: {tokenizer.vocab_size} tokens, but the model has '
+      f'only {config.vocab_size} word embeddings'
+    )
+  return tokenizer
+
+
 def _tokenizer_file_name(path: str) -> str:
   """The name a tokenizer file gets inside a model directory."""
   for suffix, name in (('.txt', VOCAB_FILE), ('.model', SENTENCEPIECE_FILE)):

@@ -42,7 +42,6 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from bertjax import (
-  hf,
   metrics,
   model,
   pretrained,
@@ -51,7 +50,7 @@ from bertjax import (
   trainer,
   workdir,
 )
-from data_pipeline import files, progress, task_data, tokenizers
+from data_pipeline import files, progress, task_data
 
 PREDICTIONS_FILE = 'eval_predictions.jsonl'
 HEAD_KINDS = {
@@ -426,26 +425,6 @@ def baseline(kind: str, examples, train_examples) -> tuple[str, float] | None:
 # The run.
 
 
-def _open_tokenizer(tokenizer_file, bert_config, do_lower_case, source):
-  if tokenizer_file is None:
-    raise trainer.TrainingError(
-      f'{source}: no vocab.txt or SentencePiece model'
-    )
-  if do_lower_case is None and not tokenizer_file.endswith('.model'):
-    do_lower_case = hf.read_do_lower_case(os.path.dirname(tokenizer_file))
-  tokenizer = tokenizers.create_tokenizer(tokenizer_file, do_lower_case)
-  if tokenizer.vocab_size > bert_config.vocab_size:
-    raise trainer.TrainingError(
-      f'{tokenizer_file}: {tokenizer.vocab_size} tokens, but the model has '
-      f'only {bert_config.vocab_size} word embeddings'
-    )
-  return tokenizer
-
-
-def _do_lower_case(tokenizer) -> bool | None:
-  return getattr(tokenizer, 'do_lower_case', None)
-
-
 def _read_data(config, cache_dir):
   """(train examples, eval examples, columns, label names in the data's
   own order or None) of `config.data`."""
@@ -604,7 +583,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir_path: str) -> dict:
   do_lower_case = {'': None, 'true': True, 'false': False}.get(
     config.data.do_lower_case
   )
-  tokenizer = _open_tokenizer(
+  tokenizer = pretrained.open_tokenizer(
     tokenizer_file, bert_config, do_lower_case, config.init
   )
   qa = config.get('qa') or {}
@@ -662,7 +641,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir_path: str) -> dict:
     kind=kind,
     labels=labels,
     max_seq_length=config.max_seq_length,
-    do_lower_case=_do_lower_case(tokenizer),
+    do_lower_case=getattr(tokenizer, 'do_lower_case', None),
     columns=dataclasses.asdict(columns),
     doc_stride=encode['doc_stride'],
     max_query_length=encode['max_query_length'],
@@ -817,7 +796,7 @@ def load_tuned(path: str) -> TunedModel:
       'python -m bertjax.finetune makes one'
     )
   bert_config, params, tokenizer_file = pretrained.load(path)
-  tokenizer = _open_tokenizer(
+  tokenizer = pretrained.open_tokenizer(
     tokenizer_file, bert_config, task.get('do_lower_case'), path
   )
   return TunedModel(

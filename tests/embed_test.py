@@ -269,11 +269,11 @@ class InputTest:
     )
     vocab = os.path.join(tiny_dirs[0], 'vocab.txt')
     pretrained.save(str(tmp_path / 'small'), config, params, vocab)
-    with pytest.raises(embed.EmbedError, match='7 tokens, but the model has'):
+    with pytest.raises(model.WeightsError, match='7 tokens, but the model has'):
       embed.load_encoder(str(tmp_path / 'small'))
     # And a model without any tokenizer.
     pretrained.save(str(tmp_path / 'none'), config, params)
-    with pytest.raises(embed.EmbedError, match='no vocab.txt or SentencePi'):
+    with pytest.raises(FileNotFoundError, match='no vocab.txt or SentencePi'):
       embed.load_encoder(str(tmp_path / 'none'))
 
   def test_unknown_model_name(self):

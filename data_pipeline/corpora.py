@@ -44,7 +44,6 @@ import posixpath
 import re
 import shutil
 import tarfile
-import tempfile
 import time
 import typing
 import urllib.error
@@ -63,8 +62,6 @@ _TIMEOUT_S = 60
 # A flaky connection should not fail a long run on the first reset.
 _ATTEMPTS = 3
 _CHUNK = 1 << 20
-# mkstemp makes files private; cached data is meant to be shared and read.
-_FILE_MODE = 0o644
 
 
 class CorpusError(ValueError):
@@ -195,7 +192,7 @@ def fetch(
   dist_path = download(corpus, cache_dir=root, index_url=index_url)
   sizes = _extract(dist_path, corpus, out_dir)
   manifest = {'sha256': corpus.sha256, 'files': sizes}
-  _write_atomic(
+  files.write_atomic(
     out_dir / '.manifest.json', json.dumps(manifest, indent=1).encode()
   )
   return out_dir
@@ -228,15 +225,16 @@ def download(
   url = find_distribution_url(corpus.project, corpus.filename, index_url)
   dist_dir.mkdir(parents=True, exist_ok=True)
   logging.info('Downloading %s from %s', corpus.filename, url)
-  tmp = _download_to_temp(url, dist_dir)
-  digest = _sha256_file(tmp)
-  if digest != corpus.sha256:
-    tmp.unlink(missing_ok=True)
-    raise ChecksumError(
-      f'{corpus.filename} from {url} has sha256 {digest}, expected '
-      f'{corpus.sha256}; the download was deleted'
-    )
-  os.replace(tmp, path)
+  with files.replacing_path(os.fspath(path)) as tmp:
+    with open(tmp, 'wb') as f:
+      _stream_url(url, f, show=posixpath.basename(url))
+    digest = _sha256_file(tmp)
+    if digest != corpus.sha256:
+      # Raising inside the block deletes the download.
+      raise ChecksumError(
+        f'{corpus.filename} from {url} has sha256 {digest}, expected '
+        f'{corpus.sha256}; the download was deleted'
+      )
   return path
 
 
@@ -275,21 +273,6 @@ def _read_url(url: str) -> bytes:
   buffer = io.BytesIO()
   _stream_url(url, buffer)
   return buffer.getvalue()
-
-
-def _download_to_temp(url: str, directory: pathlib.Path) -> pathlib.Path:
-  """Streams `url` into a new temporary file in `directory`, showing the
-  download's progress."""
-  fd, name = tempfile.mkstemp(dir=directory, prefix='.partial-')
-  tmp = pathlib.Path(name)
-  try:
-    os.fchmod(fd, _FILE_MODE)
-    with os.fdopen(fd, 'wb') as f:
-      _stream_url(url, f, show=posixpath.basename(url))
-  except BaseException:
-    tmp.unlink(missing_ok=True)
-    raise
-  return tmp
 
 
 def _copy(response, out: typing.BinaryIO, show: str) -> None:
@@ -333,16 +316,6 @@ def _sha256_file(path: pathlib.Path) -> str:
   """Hex sha256 of a file's contents."""
   with open(path, 'rb') as f:
     return hashlib.file_digest(f, 'sha256').hexdigest()
-
-
-def _write_atomic(path: pathlib.Path, data: bytes | typing.BinaryIO) -> int:
-  """Writes bytes or a file's rest to `path` atomically; returns the size."""
-  with files.replacing(os.fspath(path), 'wb') as f:
-    if isinstance(data, bytes):
-      f.write(data)
-    else:
-      shutil.copyfileobj(data, f, _CHUNK)
-    return f.tell()
 
 
 def _manifest_matches(out_dir: pathlib.Path, corpus: Corpus) -> bool:
@@ -408,18 +381,18 @@ def _extract(
         if any(part.startswith('.') for part in rel.split('/')):
           continue
         with open_entry() as src:
-          sizes[rel] = _write_atomic(out_dir / rel, src)
+          sizes[rel] = files.write_atomic(out_dir / rel, src)
       elif name == member.path:
         if member.inner is None:
           rel = posixpath.basename(name)
           with open_entry() as src:
-            sizes[rel] = _write_atomic(out_dir / rel, src)
+            sizes[rel] = files.write_atomic(out_dir / rel, src)
         else:
           with open_entry() as src, zipfile.ZipFile(src) as inner_zip:
             rel = _safe_relpath(posixpath.basename(member.inner), origin)
             try:
               with inner_zip.open(member.inner) as inner_src:
-                sizes[rel] = _write_atomic(out_dir / rel, inner_src)
+                sizes[rel] = files.write_atomic(out_dir / rel, inner_src)
             except KeyError:
               raise CorpusError(
                 f'{origin}: {member.path} has no member {member.inner}'

@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -105,10 +106,15 @@ def replacing_path(path: str) -> Iterator[str]:
     raise
 
 
-def write_atomic(path: str, data: bytes | str) -> None:
-  """Writes `data` to `path` through `replacing`."""
-  with replacing(path, 'wb' if isinstance(data, bytes) else 'w') as f:
-    f.write(data)
+def write_atomic(path: str, data: bytes | str | IO[bytes]) -> int:
+  """Writes `data` (or a binary file's rest) to `path` through `replacing`;
+  returns the size written."""
+  with replacing(path, 'w' if isinstance(data, str) else 'wb') as f:
+    if isinstance(data, bytes | str):
+      f.write(data)
+    else:
+      shutil.copyfileobj(data, f, 1 << 20)
+    return f.tell()
 
 
 class LockedError(OSError):

@@ -208,11 +208,3 @@ def create_sharded(
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) dimension split over `data` and `fsdp`."""
   return NamedSharding(mesh, PartitionSpec((DATA, FSDP)))
-
-
-def get_fraction_replicated(variables: Any) -> float:
-  """Fraction of parameter bytes stored on every device (not sharded)."""
-  leaves = jax.tree.leaves(variables)
-  total = sum(x.nbytes for x in leaves)
-  replicated = sum(x.nbytes for x in leaves if x.sharding.is_fully_replicated)
-  return replicated / max(total, 1)

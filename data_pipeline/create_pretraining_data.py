@@ -1,8 +1,7 @@
 r"""Offline pretraining records: the command line.
 
 google-research/bert's `create_pretraining_data.py`, with its flags and
-semantics and without its limits (one process, the whole corpus in memory, a
-crash on bad bytes):
+semantics, without its limits (one process, the corpus in memory):
 
   python -m data_pipeline.create_pretraining_data \
     --input_files='corpus/*.txt' --output_dir=/tmp/bert_data \
@@ -10,17 +9,11 @@ crash on bad bytes):
     --masked_lm_prob=0.15 --short_seq_prob=0.1 --dupe_factor=10 \
     --random_seed=12345 --num_shards=16 --num_workers=4
 
-Input text in any format `data_pipeline.documents` reads (or a prepared TFDS
-dataset); output `train-*.tfrecord` (and `eval-*`) shards of
-`tf.train.Example`s with the original BERT features, plus `stats.json`
-counting what was read, skipped, repaired and made. The output is the same,
-byte for byte, whatever `--num_workers` is. `data_pipeline.records` says
-how it runs, `data_pipeline.examples` how pairs and masks differ from the
-original's. `--no_mask` writes unmasked pairs once, for the recommended
-dynamic route: the `tf.data` pipeline masks them afresh every epoch.
-`--do_whole_word_mask` masks whole words; text with Chinese characters is
-segmented into words for it (`data_pipeline.segmentation`, `--word_segmenter`),
-and unmasked records then carry the word starts (`word_starts`).
+Reads text in any format `data_pipeline.documents` reads (or a TFDS
+dataset); writes `train-*.tfrecord` (and `eval-*`) shards of the original
+BERT features and `stats.json`, the same bytes whatever `--num_workers` is
+(`data_pipeline.records`). `--no_mask` writes unmasked pairs once, for the
+recommended route: the `tf.data` pipeline masks them afresh every epoch.
 """
 
 from collections.abc import Sequence
@@ -161,12 +154,8 @@ def main(
 ) -> dict:
   """Creates the records the flags describe; returns the stats.
 
-  Everything is checked (flags, tokenizer, inputs) before the output
-  directory is created.
-
-  Raises:
-    ValueError: a bad flag, tokenizer or TFDS dataset.
-    OSError: no input file, or one that cannot be read or written.
+  Flags, tokenizer and inputs are all checked before the output directory
+  is created.
   """
   del argv
   fv = flag_values

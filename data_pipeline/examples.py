@@ -1,60 +1,28 @@
 """BERT's two pretraining objectives as data: next-sentence pairs and masking.
 
-Owns the rules of google-research/bert `create_pretraining_data.py`, done in
-bulk: NSP pairs `[CLS] A [SEP] B [SEP]` as token ranges of tokenized
-documents, and masked-LM masking of batches of token ids as pure TensorFlow
-ops. Offline creation (`records`) and the `tf.data` pipeline (`pipeline`,
-which masks afresh every epoch) share `mask_batch`, so a record masked
+The rules of google-research/bert `create_pretraining_data.py`, done in bulk:
+NSP pairs `[CLS] A [SEP] B [SEP]` as token ranges of tokenized documents
+(`create_document_pairs`), and masked-LM masking of batches of token ids as
+pure TensorFlow ops (`mask_batch`). Offline creation (`records`) and the
+`tf.data` pipeline (`pipeline`) share `mask_batch`, so a record masked
 offline is masked as the pipeline would mask it with the same seed.
 
-Pairs follow `create_instances_from_document`, with these deliberate
-differences:
+Deliberate differences from the original:
 
 - Random next segments come from another document of the same unit (a
-  window of documents, `records`), not from the whole corpus, which the
-  original had to hold in memory.
-- NSP balance. The original forces a random B whenever the chunk holds a
-  single segment (a long sentence, or a document's lone last sentence),
-  which made 53.5-56% of real examples random. Here a one-segment chunk
-  takes the document's next sentence along, or at the document's end the
-  sentence before it (which so appears in two examples), so a true
-  continuation is possible for every chunk but those of single-sentence
-  documents.
-- Truncation removes as many tokens from each side as the original's
-  `truncate_seq_pair`, and as many from the front as fair coin flips per
-  removed token give (one binomial draw).
-- Without NSP, whole sentences are packed RoBERTa-style (FULL-SENTENCES:
-  sequences may cross documents, with an extra `[SEP]` between documents):
-  `[CLS] tokens [SEP]`, segment ids 0, `next_sentence_labels` 0.
+  window of documents, `records`), not from the whole corpus.
+- A chunk of one segment takes a neighbouring sentence along rather than
+  forcing a random B (which made over half of the original's examples random).
+- Truncation cuts as many tokens from the front as one binomial draw gives.
+- Without NSP, whole sentences are packed RoBERTa-style (FULL-SENTENCES).
+- A random replacement is never a special id; a whole word never spans [SEP].
 
-Masking follows `create_masked_lm_predictions`:
-
-* Predictions per example:
-  `min(max_predictions_per_seq, max(1, round(num_tokens * masked_lm_prob)))`,
-  `num_tokens` being the non-padding length (`[CLS]`/`[SEP]` included) and
-  `round` Python's (half to even).
-* Candidates are the non-padding, non-special tokens. Without whole words,
-  the chosen tokens are a uniform random subset of them, as the original's
-  shuffle-and-take-the-first gives. Whole words are visited in a random
-  order and taken greedily: a word that does not fit in the remaining budget
-  is skipped and smaller later words may still fill it, as in the original.
-* A chosen token becomes `[MASK]` with probability 0.8, a random token with
-  probability 0.1 and stays unchanged with probability 0.1. Unlike the
-  original, the random token is never a special id (`[PAD]`, `[CLS]`,
-  `[SEP]`, `[MASK]`, ...).
-* Whole-word masking takes all pieces of a word or none, and counts every
-  piece against the budget. A word starts at a word-start id (no `##` prefix
-  for WordPiece, a `▁` prefix for SentencePiece), or where the text's
-  segmentation says (Chinese: `segmentation`, passed in as `word_starts`),
-  or after a non-candidate token, so a word never spans `[SEP]` (the
-  original attached a `##` piece after `[SEP]` to the word before it).
-
-Randomness of masks. Every example has its own stateless seed (`[batch,
-2]`), so its mask depends on its seed and tokens only, never on its batch or
-on the process that computed it. TF's stateless ops take one seed per call,
-so the random bits are a counter-based hash of (seed, stream, counter) with
-`lowbias32` (Wellons, "Prospecting for hash functions"), vectorised over the
-batch; integer ops only, so the same on every platform.
+Every example has its own stateless seed, so its mask depends on its seed
+and tokens only, never on its batch or on the process that computed it.
+TF's stateless ops take one seed per call, so the random bits are a
+counter-based hash of (seed, stream, counter) with `lowbias32` (Wellons,
+"Prospecting for hash functions"), vectorised over the batch; integer ops
+only, so the same on every platform.
 """
 
 import bisect
@@ -66,23 +34,13 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-# ---------------------------------------------------------------------------
-# Next-sentence pairs.
-
 
 def compute_truncation(len_a, len_b, max_num_tokens: int):
-  """How many tokens the original `truncate_seq_pair` removes from A and B.
+  """`(cut_a, cut_b)`: the tokens `truncate_seq_pair` removes from A and B.
 
   The original removes one token at a time from the longer segment (B on a
-  tie) until the pair fits; this is the same count in closed form.
-
-  Args:
-    len_a: lengths of segment A, an int or an int array.
-    len_b: lengths of segment B, the same shape.
-    max_num_tokens: room for both.
-
-  Returns:
-    `(cut_a, cut_b)`, of the shape of the lengths.
+  tie) until the pair fits; this is the same count in closed form, for ints
+  or int arrays of one shape.
   """
   len_a, len_b = np.asarray(len_a), np.asarray(len_b)
   excess = np.maximum(len_a + len_b - max_num_tokens, 0)
@@ -159,18 +117,12 @@ class PairBuilder:
     sep_id: int,
     order: Sequence[int] | None = None,
   ) -> dict[str, np.ndarray]:
-    """The examples as padded arrays.
+    """The examples in `order` (default: all), as padded arrays.
 
-    Args:
-      tokens: `[num_tokens]` int32, the unit's tokens the ranges point into.
-      max_seq_length: the padded length.
-      cls_id, sep_id: ids of `[CLS]` and `[SEP]`.
-      order: the examples to take, in this order (default: all, as added).
-
-    Returns:
-      `input_ids`: `[n, max_seq_length]` int32; `input_mask`, `segment_ids`:
-      `[n, max_seq_length]` uint8 (0/1: a quarter of the memory passes of
-      int32); `next_sentence_labels`: `[n, 1]` int32.
+    `tokens` is the unit's `[num_tokens]` int32 tokens the ranges point
+    into. Returns `input_ids` `[n, max_seq_length]` int32; `input_mask` and
+    `segment_ids` `[n, max_seq_length]` uint8 (0/1: a quarter of the memory
+    passes of int32); `next_sentence_labels` `[n, 1]` int32.
     """
     order = slice(None) if order is None else np.asarray(order, np.int64)
     # int32 throughout: these are the largest arrays of a unit.
@@ -182,10 +134,9 @@ class PairBuilder:
     n = total.shape[0]
     rows = np.arange(n)
     column = np.arange(max_seq_length, dtype=np.int32)[None, :]
-    # Position q holds tokens[a_start + q - 1] in A and tokens[b_start + q -
-    # b_first] in B: one gather over all positions, then [CLS], [SEP] and
-    # padding written over it. The padded token array keeps every index of
-    # the other positions in range (-1 wraps to a padding 0).
+    # One gather over all positions, then [CLS], [SEP] and padding written
+    # over it; the padded token array keeps every index in range (-1 wraps
+    # to a padding 0).
     padded = np.concatenate([tokens, np.zeros(max_seq_length + 1, np.int32)])
     b_first = a_len + 2
     in_b = column >= b_first
@@ -224,28 +175,17 @@ def create_document_pairs(
   copies: int,
   out: PairBuilder,
 ) -> int:
-  """NSP pairs from every document of a unit, `copies` times over, as in the
-  original `create_instances_from_document` (the module docstring has the
-  differences).
+  """NSP pairs from every document of a unit, `copies` (`dupe_factor`) times
+  over, as the original `create_instances_from_document`.
 
-  The original walks a document chunk by chunk. Here every (copy, document)
-  pair is a lane, and all lanes take their next chunk together, one numpy
-  step per chunk: a Python loop over chunks cost more than all the rest of
-  pair creation.
+  `bounds` holds per document its sentence boundaries as offsets into the
+  unit's tokens: sentence k is `[bounds[d][k], bounds[d][k+1])`, none empty,
+  offsets increasing across documents. Every (copy, document) pair is a
+  lane, and all lanes take their next chunk together, one numpy step per
+  chunk: a Python loop over chunks cost more than the rest of pair creation.
 
-  Args:
-    bounds: per document of the unit, its sentence boundaries as offsets
-      into the unit's tokens: sentence k is `[bounds[d][k], bounds[d][k+1])`,
-      none empty, and offsets increase from one document to the next. The
-      random next segments come from the other documents.
-    max_seq_length: tokens per example, `[CLS]` and `[SEP]`s included.
-    short_seq_prob: probability of a shorter target length, per document.
-    copies: how many times each document is turned into pairs (the
-      `dupe_factor`), each time with its own target length and choices.
-
-  Returns:
-    How many chunks were dropped because the unit has no other document to
-    draw a random next segment from.
+  Returns the number of chunks dropped because the unit has no other
+  document to draw a random next segment from.
   """
   num_docs = len(bounds)
   if not num_docs or copies < 1:
@@ -275,8 +215,8 @@ def create_document_pairs(
     first = i
     end = np.minimum(np.searchsorted(edges, edges[base + i] + target) - base, n)
     # A lone sentence cannot be followed by its true continuation: take the
-    # next one along, or at the end of the document the one before, so that
-    # the label stays a fair coin (see the NSP note in the module docstring).
+    # next one along, or at the end of the document the one before (which so
+    # appears in two examples), so that the label stays a fair coin.
     lone = end - first == 1
     borrowed = lone & (end == n) & (first > 0)
     end = end + (lone & (end < n))
@@ -338,16 +278,11 @@ def create_packed_sequences(
 ) -> None:
   """Packs whole sentences into `[CLS] tokens [SEP]` sequences (no NSP).
 
-  RoBERTa's FULL-SENTENCES: contiguous sentences up to the target length,
-  crossing document boundaries with the `[SEP]` that the unit's tokens hold
-  between documents; a sentence longer than a sequence is cut into several.
-
-  Args:
-    bounds: as for `create_document_pairs`; consecutive documents are
-      separated by one `[SEP]` token.
-    max_seq_length: tokens per sequence, `[CLS]` and `[SEP]` included.
-    short_seq_prob: probability of a shorter target length, per sequence.
-    out: where the sequences go (B empty, label 0).
+  RoBERTa's FULL-SENTENCES: contiguous sentences up to the target length
+  (drawn per sequence), crossing documents with the `[SEP]` the unit's
+  tokens hold between them (`bounds` as for `create_document_pairs`); a
+  sentence longer than a sequence is cut. Added to `out` with B empty,
+  label 0, segment ids 0.
   """
   max_num_tokens = max_seq_length - 2
   # Where a sequence may end: every sentence end. A document's first
@@ -371,9 +306,6 @@ def create_packed_sequences(
     position = stop
 
 
-# ---------------------------------------------------------------------------
-# Masked-LM masking.
-
 # Counter offsets that separate the random streams of one example: the
 # choice of tokens uses counters [0, max_predictions), word priorities
 # [0, seq_len], the replacement decision and the random token of
@@ -390,14 +322,9 @@ class MaskingError(ValueError):
 class MaskingConfig:
   """Options of MLM masking, with the defaults of the original BERT.
 
-  Attributes:
-    masked_lm_prob: fraction of the non-padding length to predict.
-    max_predictions_per_seq: cap on predictions per example; also the width
-      of the `masked_lm_*` outputs.
-    mask_token_prob: probability that a chosen token becomes `[MASK]`.
-    random_token_prob: probability that it becomes a random ordinary token.
-    keep_token_prob: probability that it stays unchanged.
-    whole_word_mask: choose whole words (all their pieces) instead of pieces.
+  `max_predictions_per_seq` is also the width of the `masked_lm_*` outputs;
+  a chosen token becomes `[MASK]`, a random ordinary token or stays, with
+  probabilities `mask_token_prob`, `random_token_prob`, `keep_token_prob`.
   """
 
   masked_lm_prob: float = 0.15
@@ -536,31 +463,24 @@ def _choose_tokens(candidates, keys, num_to_predict, max_predictions):
   """Chooses `min(num_to_predict, #candidates)` candidates uniformly.
 
   Robert Floyd's algorithm (Bentley & Floyd, "A sample of brilliance",
-  CACM 1987) draws a uniform subset of k ranks out of n in k steps without
-  sorting: step j draws `t` uniform in `[0, n - k + j]` and takes `t`, or
-  `n - k + j` when `t` is taken already. Each step is vectorised over the
-  batch, and the ranks map to positions through the running candidate
-  count. The subset has the law of the original's shuffle-and-take-first-k;
-  a `top_k` over per-position random priorities (the same law) is several
-  times slower on CPU.
+  CACM 1987): step j draws `t` uniform in `[0, n - k + j]` and takes `t`,
+  or `n - k + j` when `t` is taken already; vectorised over the batch, the
+  ranks mapped to positions by the running candidate count. The law is
+  that of the original's shuffle-and-take-first-k; a `top_k` over random
+  priorities has it too but is much slower on CPU.
 
-  Args:
-    candidates: `[batch, seq_len]` bool.
-    keys: `[batch]` uint32 example keys.
-    num_to_predict: `[batch]` int32, at least 1.
-    max_predictions: static int, at least `max(num_to_predict)`.
-
-  Returns:
-    `[batch, max_predictions]` int32 chosen positions, ascending, `seq_len`
-    in unused slots (last).
+  `candidates` `[batch, seq_len]` bool, `keys` `[batch]` uint32,
+  `num_to_predict` `[batch]` int32 >= 1, `max_predictions` a static int >=
+  `max(num_to_predict)`. Returns `[batch, max_predictions]` int32 positions,
+  ascending, `seq_len` in unused slots (last).
   """
   seq_len = tf.shape(candidates)[1]
   counts = _prefix_count(candidates)
   total = counts[:, -1]
   k = tf.minimum(num_to_predict, total)
-  # Slot-major [max_predictions, batch]: each step reads one contiguous row,
+  # Slot-major [max_predictions, batch]: each step reads a contiguous row,
   # and the taken-already test reduces over the outer axis, which TF's CPU
-  # kernels vectorise (rows of a few ints along the inner axis they do not).
+  # kernels vectorise.
   bits = tf.transpose(_random_bits(keys, tf.range(max_predictions)))
   ranks = []
   for j in range(max_predictions):
@@ -584,14 +504,10 @@ def _choose_whole_words(
 ):
   """Greedy whole-word choice, the loop of the original BERT, vectorised.
 
-  The original visits the words in a random order and takes a word when it
-  fits in the remaining budget. A word skipped once never fits later (the
-  budget only shrinks), so the same set results from repeatedly taking the
-  highest-priority word that fits; each step takes at least one token, hence
-  at most `max_predictions` steps, each vectorised over the batch.
-
-  Arguments and result as `_choose_tokens`, plus `word_starts`
-  `[batch, seq_len]` bool, true where a token begins a word.
+  A word skipped once never fits later (the budget only shrinks), so taking
+  the highest-priority word that fits, step by step, gives the original's
+  set in at most `max_predictions` steps. Arguments and result as
+  `_choose_tokens`, plus `word_starts` `[batch, seq_len]` bool.
   """
   batch = tf.shape(candidates)[0]
   seq_len = tf.shape(candidates)[1]
@@ -659,33 +575,33 @@ def mask_batch(
 ) -> dict[str, tf.Tensor]:
   """Applies BERT MLM masking to a batch, one stateless seed per example.
 
-  Pure and deterministic: the output for an example depends only on its row
-  of `input_ids`, `input_mask` and `seeds` and on the static arguments. Call
-  it inside `tf.data` `map` or a `tf.function` (eager works, but slower).
+  As the original `create_masked_lm_predictions`: an example predicts
+  `min(max_predictions_per_seq, max(1, round(num_tokens * masked_lm_prob)))`
+  tokens (`num_tokens`: non-padding, `[CLS]`/`[SEP]` included; Python's
+  half-to-even `round`), a uniform subset of its non-padding tokens not in
+  `special_ids`. Whole-word masking visits words in random order and takes
+  each that fits the remaining budget, all pieces or none; a word starts at
+  a word-start id, where `word_starts` says, or after a non-candidate token.
+
+  Pure: an example's output depends only on its rows of `input_ids`,
+  `input_mask` and `seeds` (e.g. `(random_seed, example_ordinal)`) and on
+  the static arguments. Call it inside `tf.data` `map` or a `tf.function`.
 
   Args:
-    input_ids: `[batch, seq_len]` int32 (int64 is cast) token ids.
+    input_ids: `[batch, seq_len]` int32 (int64 is cast).
     input_mask: `[batch, seq_len]` int, 1 for real tokens, 0 for padding.
-    seeds: `[batch, 2]` int32 or int64, one stateless seed per example, e.g.
-      `(random_seed, example_ordinal)`.
-    config: the masking options.
-    special_ids: ids that are never chosen and never drawn as replacements
-      (`[PAD]`, `[UNK]` if wanted, `[CLS]`, `[SEP]`, `[MASK]`, ...).
-    mask_id: the id of `[MASK]`.
-    replacement_range: `(low, high)`: random replacements are drawn uniformly
-      from the ids in `[low, high)` that are not in `special_ids`.
-    word_start_table: `[vocab_size]` bool, true for ids that begin a word;
-      required when `config.whole_word_mask`.
-    word_starts: `[batch, seq_len]` int or bool, nonzero where a token begins
-      a word: word starts found in the text (`segmentation`), which replace
-      the table's where given.
+    seeds: `[batch, 2]` int32 or int64.
+    replacement_range: random replacements are drawn uniformly from the ids
+      in `[low, high)` that are not in `special_ids`.
+    word_start_table: `[vocab_size]` bool; required for whole-word masking.
+    word_starts: `[batch, seq_len]` word starts found in the text
+      (`segmentation`), which replace the table's where given.
 
   Returns:
-    A dict: `input_ids` `[batch, seq_len]` int32, the masked ids; and, with
-    `P = config.max_predictions_per_seq`, 0-padded, `masked_lm_positions`
-    `[batch, P]` int32, ascending; `masked_lm_ids` `[batch, P]` int32, the
-    original ids there; `masked_lm_weights` `[batch, P]` float32, 1.0 for
-    real predictions.
+    `input_ids` `[batch, seq_len]` int32, masked; and, 0-padded to
+    `P = config.max_predictions_per_seq`: `masked_lm_positions` `[batch, P]`
+    int32, ascending; `masked_lm_ids` `[batch, P]` int32, the original ids;
+    `masked_lm_weights` `[batch, P]` float32, 1.0 at real predictions.
   """
   max_predictions = config.max_predictions_per_seq
   if config.whole_word_mask and word_start_table is None:
@@ -734,8 +650,7 @@ def mask_batch(
   decision = _random_bits(keys, _DECISION_STREAM + slots)
   token_bits = _random_bits(keys, _TOKEN_STREAM + slots)
   mask_below, random_below = _decision_thresholds(config)
-  # Multiply-shift maps 32 uniform bits onto [0, allowed.size) without the
-  # bias of a modulo (the product stays below 2**63).
+  # Multiply-shift: no modulo bias, and the product stays below 2**63.
   random_ids = tf.gather(
     tf.constant(allowed), tf.bitwise.right_shift(token_bits * allowed.size, 32)
   )

@@ -1,105 +1,48 @@
 """The per-host `tf.data` input pipeline for BERT pretraining.
 
-This module owns reading pretraining TFRecords, sharding them across hosts,
-shuffling, batching, dynamic MLM masking (`examples.mask_batch`), the
-exact-resume state of the training iterator and the eval split. It hands the
-trainer numpy batches; JAX never runs here, so the trainer passes
-`jax.process_index()` and `jax.process_count()` in.
+Reads pretraining TFRecords, shards them across hosts, shuffles, batches and
+masks them (`examples.mask_batch`), and keeps the exact-resume state of the
+training iterator. It yields numpy batches and never runs JAX: the trainer
+passes `jax.process_index()` and `jax.process_count()` in.
 
     config = pipeline.PipelineConfig(train_file_patterns=('data/train-*',),
                                      tokenizer_path='vocab.txt', ...)
     it = pipeline.create_train_iterator(config, process_index, process_count)
     batch = next(it)      # dict of numpy arrays, see below
     it.save(prefix)       # writes prefix.index, prefix.data-*, prefix.json
-    it = pipeline.create_train_iterator(config, process_index, process_count)
-    it.restore(prefix)    # the next batches are those after the save
+    it.restore(prefix)    # on a new iterator: the batches after the save
     ev = pipeline.create_eval_iterator(config, process_index, process_count)
-    for batch in ev: ...  # finite, same number of batches on every host
 
-Batches (per host, `B = config.per_host_batch_size`, `L = max_seq_length`,
-`P = mlm.max_predictions_per_seq`): `input_ids`, `input_mask`,
-`segment_ids` `[B, L]` int32; `masked_lm_positions`, `masked_lm_ids` `[B, P]`
-int32; `masked_lm_weights` `[B, P]` float32; `next_sentence_labels` `[B]`
-int32 (0 = IsNext, 1 = random; 0 when the records have none, as with
-`--no_nsp`). Eval batches add `example_mask` `[B]` int32, 0 for the padding
-that fills the last batches.
+Batches (per host, `B = per_host_batch_size`, `L = max_seq_length`,
+`P = mlm.max_predictions_per_seq`): `input_ids`, `input_mask`, `segment_ids`
+`[B, L]` int32; `masked_lm_positions`, `masked_lm_ids` `[B, P]` int32;
+`masked_lm_weights` `[B, P]` float32; `next_sentence_labels` `[B]` int32
+(0 = IsNext, 1 = random; 0 when the records have none). Eval batches add
+`example_mask` `[B]` int32, 0 at padding.
 
-Records hold the original BERT features (int64 `input_ids`, `input_mask`,
-`segment_ids` `[L]`, `next_sentence_labels` `[1]`), with or without masks
-(int64 `masked_lm_positions`, `masked_lm_ids` `[P]`, float
-`masked_lm_weights` `[P]`), as read off the first record. Unmasked records
-are masked after batching, afresh every epoch; masked ones pass through.
-Unmasked records made for whole-word masking of Chinese text also hold
-int64 `word_starts` `[L]` (`records.CreationConfig.word_segmenter`), which
-whole-word masking then follows instead of the vocabulary's `##` rule.
+Packing (`packing=True`, training only): rows hold several examples, each
+row masked as one sequence (`_pack`). Rows add `example_ids` `[B, L]` (1,
+2, ... per example, 0 at padding; the model restarts positions and confines
+attention by them) and have `cls_positions`, `next_sentence_labels` and
+`next_sentence_weights` `[B, E]`, `E = max_examples_per_row`.
 
-Order: a pure function of the config, the files and the host (for the
-default `host_sharding='files'`; see "Host sharding" for 'batch'):
+Records hold the original BERT features, masked or not (unmasked ones are
+masked afresh every epoch), and may hold `word_starts` `[L]` for whole-word
+masking of Chinese text.
 
-1. Files matching the patterns, sorted. Host `i` of `n` reads files
-   `i, i + n, ...` when there are at least `n` files; otherwise every host
-   reads all of them and keeps examples `i, i + n, ...`. Hosts with more
-   files get more examples per epoch; training repeats, so no host runs dry.
-2. Epoch `e` permutes the host's files with a stateless shuffle seeded by
-   `(seed, e)`, interleaves chunks of `_CHUNK` records from `_CYCLE_LENGTH`
-   files at a time, and permutes windows of `shuffle_window` consecutive
-   records, each seeded by `(seed, e, window index)`. Epochs follow one
-   another forever; batches run across epoch boundaries.
-3. The example at position `k` of the host's stream is masked with the
-   stateless seed `(seed, process_index * 2**40 + k)`: a function of the
-   position alone, so each epoch masks afresh.
-
-Records travel in chunks and batches (`rebatch`), never one by one:
-per-element overhead is what limits `tf.data` on a few cores.
-
-Exact resume. `save` writes the `tf.data` iterator state (file positions,
-counters, the unserved part of the shuffle window, prefetched batches:
-megabytes, BENCHMARKS.md) and `prefix.json`: the host, the host count, the
-batches consumed, the epoch and the records of it served before the next
-batch, and a fingerprint of the config and the files (names and sizes) that
-`restore` checks. As everything random is a function of positions, the
-restored iterator yields exactly the batches the uninterrupted one would.
-`experimental_symbolic_checkpoint` (positions only) is not used: its
-per-element bookkeeping cuts throughput several-fold (BENCHMARKS.md), and it
-does not support `rebatch`.
+Exact resume. File order, shuffle windows and every example's mask are
+stateless functions of the seed, the epoch and the position in the stream;
+`save` writes the `tf.data` iterator state and a fingerprint of the config
+and files that `restore` checks, so a restored iterator yields exactly the
+batches the uninterrupted one would. (`experimental_symbolic_checkpoint`
+would save less, but costs much throughput and does not support `rebatch`.)
 
 Host sharding. The global batch is the hosts' batches concatenated in host
-order, as `jax.make_array_from_process_local_data` lays it out.
-
-- 'files' (the default; what pods want): host `i` of `n` reads 1/n of the
-  data. The global batches and the meaning of a saved state depend on `n`,
-  so `restore` refuses another host count: start afresh, ideally with a new
-  `seed`.
-- 'batch': every host reads the stream of host 0 of 1 above, cuts it into
-  global batches of `per_host_batch_size * n` records and keeps rows
-  `[i * per_host_batch_size, (i + 1) * per_host_batch_size)` of each; the
-  example at position `k` of that stream is masked with `(seed, k)`. The
-  global batches, masks included, are then bit for bit those of one host
-  with the global batch, for any `n`, and a run can resume on another host
-  count. The price: every host reads all the records (each still parses and
-  masks only its rows).
-
-  Its state is global (the fingerprint has the global batch and no host).
-  Another host or host count builds the pipeline at the saved position: it
-  reads the saved epoch from its start and drops the records before the
-  position (whole shuffle windows before shuffling, all before parsing), at
-  the cost of reading at most one epoch.
-
-Packing (`packing=True`, training only). Rows hold several examples each:
-each shuffle window of parsed records is packed first fit (`_pack`), the
-rows batched, and each row masked as one sequence (15% of its real tokens,
-so every example is masked at BERT's rate), seeded by the position of its
-first record. Rows add `example_ids` `[B, L]` (1, 2, ... per example, 0 at
-padding; the model restarts positions and confines attention by them),
-`cls_positions`, `next_sentence_labels` and `next_sentence_weights`
-`[B, E]` (`E = max_examples_per_row`; weight 1 at real examples, whose NSP
-is read at their own `[CLS]`). It needs unmasked records and
-`host_sharding='files'`; resume is exact through the `tf.data` state.
-
-Corrupt input. `TFRecordDataset` reports a corrupt or truncated record
-without the file's name, so `next()` then reads this host's files, starting
-with those being read at the error, and raises `tf.errors.DataLossError`
-naming the first bad one.
+order, as `jax.make_array_from_process_local_data` lays it out. With 'files'
+(the default) host `i` of `n` reads files `i, i + n, ...`, and a saved state
+holds for `n` hosts only. With 'batch' every host reads all records and keeps
+its rows of each global batch: the global batches, masks included, are those
+of one host for any `n`, so a run can resume on another host count.
 """
 
 import collections.abc
@@ -139,24 +82,18 @@ class PipelineConfig:
   """What the input pipeline reads and how it batches and masks.
 
   Attributes:
-    train_file_patterns: globs (local or `gs://`) of training TFRecords.
-    eval_file_patterns: globs of eval TFRecords, the `eval-*` files of
-      `create_pretraining_data --eval_fraction`: documents held out by a hash
-      of their text (a held-out training shard would not hold out documents).
+    eval_file_patterns: the `eval-*` files of `create_pretraining_data
+      --eval_fraction`, documents held out by a hash of their text (a
+      held-out training shard would not hold out documents).
     tokenizer_path: WordPiece `vocab.txt` or SentencePiece `.model`; needed
-      to mask unmasked records (special ids, `[MASK]`, word starts).
-    per_host_batch_size: examples per batch on this host.
-    max_seq_length: length of `input_ids` in the records.
+      to mask unmasked records.
     mlm: masking options; `max_predictions_per_seq` must match pre-masked
       records.
-    seed: seeds file order, shuffling and masking.
     shuffle_window: records shuffled together; 1 reads files in order.
-    host_sharding: 'files' (host `i` of `n` reads 1/n of the data) or
-      'batch' (every host reads all of it and keeps its rows of each global
-      batch); see the module docstring. Eval is unaffected.
-    packing: training rows hold several examples each (see "Packing" in
-      the module docstring); eval rows never do.
-    max_examples_per_row: with `packing`, at most this many in a row.
+    host_sharding: 'files' or 'batch' (see the module docstring); eval is
+      unaffected.
+    packing: training rows hold up to `max_examples_per_row` examples each;
+      needs unmasked records and 'files'. Eval rows are never packed.
   """
 
   train_file_patterns: tuple[str, ...] = ()
@@ -331,29 +268,17 @@ def _mask(batch, seeds, config, mask_kwargs):
 
 
 def _pack(batch, seq_len: int, max_examples: int):
-  """Packs parsed records into rows of `seq_len` tokens.
+  """Packs `_make_parse_fn`'s `[n, seq_len]` unmasked records into rows.
 
-  First fit over `_OPEN_ROWS` open rows: each record, in order, joins the
-  oldest of them with room for its real tokens and fewer than
-  `max_examples` examples, else starts a new row, which closes the open
-  row with the least room. Bounding the rows searched keeps it linear in
-  the records; closing the fullest keeps the rows that can still take
-  records open.
+  First fit over `_OPEN_ROWS` open rows: each record joins the oldest open
+  row with room for its real tokens and fewer than `max_examples` examples,
+  else starts a new row, closing the open row with the least room. Bounding
+  the rows searched keeps it linear in the records.
 
-  Args:
-    batch: `_make_parse_fn`'s `[n, seq_len]` features of unmasked records,
-      real tokens first, and `next_sentence_labels` `[n]`.
-    seq_len: tokens in a row.
-    max_examples: examples in a row, at most.
-
-  Returns:
-    `(rows, record_rows)`: rows `[m, seq_len]` of `input_ids`,
-    `input_mask`, `segment_ids` (and `word_starts` if present),
-    `example_ids` (1, 2, ... within a row; 0 at padding), and `[m,
-    max_examples]` `cls_positions` (each example's first token),
-    `next_sentence_labels` and `next_sentence_weights` (1 at the row's
-    examples); `record_rows` `[n]` int64, the row of each record, rows
-    numbered in the order of their first record.
+  Returns `(rows, record_rows)`: `[m, seq_len]` and `[m, max_examples]` rows
+  as in the module docstring (`next_sentence_weights` 1 at real examples),
+  and `[n]` int64, the row of each record, rows numbered in the order of
+  their first record.
   """
   lengths = tf.reduce_sum(tf.cast(batch['input_mask'] > 0, tf.int32), axis=1)
   count = tf.size(lengths)
@@ -425,7 +350,8 @@ def _pack(batch, seq_len: int, max_examples: int):
 
 
 def _read_file(path, file_id):
-  """Chunks of up to `_CHUNK` records of one file, with its id."""
+  """Chunks of up to `_CHUNK` records of one file, with its id: per-element
+  overhead is what limits `tf.data` on a few cores."""
   return (
     tf.data.TFRecordDataset(path)
     .batch(_CHUNK)
@@ -487,18 +413,13 @@ def _drop_before(part, start):
 def _epoch_records(
   files, config, epoch, process_index, process_count, skip=None
 ):
-  """Epoch `epoch` (scalar int64) of the records of host `process_index` of
-  `process_count`, in training order, in chunks.
+  """Epoch `epoch` of this host's records, in training order, in chunks.
 
-  `skip`, a scalar int64 tensor, leaves out that many records at the start
-  of the epoch's stream: they are read but dropped before they are shuffled
-  (whole windows) or parsed.
-
-  Returns:
-    A dataset of `(records string, positions int64, offsets int64)` `[k]`
-    tensors: `position` is `epoch * 2**32 + index of the record's file` in
-    the epoch's order; `offsets` number the records of the epoch's stream
-    from 0 in the order they are served.
+  `skip` (scalar int64) drops that many records at the start of the epoch:
+  read, but dropped before they are shuffled (whole windows) or parsed.
+  Yields `(records string, positions int64, offsets int64)` `[k]` tensors:
+  `positions` is `epoch * 2**32 + index of the record's file` in the
+  epoch's order; `offsets` number the epoch's records in serving order.
   """
   paths = _host_files(files, config, epoch, process_index, process_count)
   file_ids = epoch * _EPOCH_STRIDE + tf.range(tf.size(paths, tf.int64))
@@ -554,8 +475,7 @@ def _options() -> tf.data.Options:
   options = tf.data.Options()
   options.deterministic = True
   options.autotune.enabled = True
-  # Own threads and one thread per op: faster than TF's shared defaults
-  # (BENCHMARKS.md).
+  # Own threads and one thread per op: faster than TF's shared defaults.
   options.threading.private_threadpool_size = max(8, os.cpu_count() or 1)
   options.threading.max_intra_op_parallelism = 1
   return options
@@ -585,20 +505,13 @@ class Iterator(collections.abc.Iterator):
   ):
     """Wraps a dataset of batch dicts.
 
-    Args:
-      dataset: yields batch dicts plus `_position` (int64, the position of
-        the file read last, see `_epoch_records`) and, for training,
-        `_next_record` (`[2]` int64: the epoch of the next record and the
-        records of that epoch served before it).
-      fingerprint: of what determines the order, checked by `restore`.
-      process_index: this host, of `process_count` hosts.
-      process_count: the number of hosts.
-      locate: `locate(position) -> (path, message) | None`, which finds the
-        corrupt file after a `DataLossError`.
-      seek: `seek(batches, epoch, records) -> dataset` (`batches_from`), so
-        that any host of any host count can restore a state; None when a
-        state holds for its own host only.
-      global_batch_size: examples per step over all hosts, for training.
+    Batches also carry `_position` (int64, the position of the file read
+    last, see `_epoch_records`) and, in training, `_next_record` (`[2]`
+    int64: the epoch of the next record and the records of it served
+    before). `locate(position)` finds the corrupt file after a
+    `DataLossError`; `seek(batches, epoch, records) -> dataset` lets any
+    host of any host count restore a state (None: a state holds for its
+    own host only).
     """
     self._dataset = dataset
     self._started = None
@@ -620,6 +533,7 @@ class Iterator(collections.abc.Iterator):
     return self._started
 
   def __next__(self) -> dict[str, np.ndarray]:
+    # TFRecordDataset's DataLossError does not name the file: find it.
     try:
       batch = next(self._iterator)
     except tf.errors.DataLossError as error:
@@ -658,13 +572,9 @@ class Iterator(collections.abc.Iterator):
 
   def restore(self, prefix: str) -> None:
     """Continues from the position saved at `prefix` (with
-    `host_sharding='batch'`, by any host of any host count).
-
-    Raises:
-      RecordError: the state was saved with another config or file list, or
-        with `host_sharding='batch'` another global batch, or with 'files'
-        another host count or host.
-    """
+    `host_sharding='batch'`, by any host of any host count); raises
+    RecordError for a state of another config, file list, global batch
+    ('batch') or host ('files')."""
     with tf.io.gfile.GFile(prefix + '.json') as f:
       meta = json.load(f)
     saved = (meta['process_index'], meta['process_count'])
@@ -729,15 +639,7 @@ def _check_host(process_index: int, process_count: int) -> None:
 def create_train_iterator(
   config: PipelineConfig, process_index: int = 0, process_count: int = 1
 ) -> Iterator:
-  """An endless iterator of this host's batches.
-
-  Args:
-    process_index: this host, `jax.process_index()`.
-    process_count: hosts, `jax.process_count()`.
-
-  Returns:
-    An `Iterator` of dicts of numpy arrays (see the module docstring).
-  """
+  """An endless `Iterator` of this host's batches (see the module docstring)."""
   _check_host(process_index, process_count)
   if config.host_sharding not in HOST_SHARDINGS:
     raise RecordError(
@@ -876,20 +778,11 @@ def create_eval_iterator(
 ) -> Iterator:
   """A finite, unshuffled, deterministic iterator over the eval split.
 
-  Every host reads all eval files in sorted order and keeps examples
-  `process_index, process_index + process_count, ...`. Every host yields
-  the same number of batches, the last ones padded with all-zero examples
-  (`example_mask` 0), so multi-host eval steps stay in lockstep. Unmasked
-  records are masked with seeds from their ordinal in the split, so the
-  masks are the same at every eval and for any host count.
-
-  Args:
-    process_index: this host, `jax.process_index()`.
-    process_count: hosts, `jax.process_count()`.
-
-  Returns:
-    An `Iterator` of dicts of numpy arrays with `example_mask` `[B]` int32
-    added.
+  Every host reads all eval files in sorted order and keeps every
+  `process_count`-th example. Every host yields the same number of batches,
+  the last ones padded with all-zero examples (`example_mask` 0), so
+  multi-host eval steps stay in lockstep. Masks depend on an example's
+  ordinal in the split only: the same at every eval and for any host count.
   """
   _check_host(process_index, process_count)
   if not config.eval_file_patterns:

@@ -1,27 +1,17 @@
 """Pretraining records: documents in, TFRecord shards of BERT examples out.
 
-Owns the machinery of offline example creation (the library of
-`python -m data_pipeline.create_pretraining_data`) and, for a training run,
-`prepare_data`: its text (the demo corpus or the user's) made into the
-vocabulary and records it trains on, once, cached.
+The library of `python -m data_pipeline.create_pretraining_data`, and
+`prepare_data`: a training run's text (the demo corpus or the user's) made
+into the vocabulary and records it trains on, once, cached.
 
-How creation runs. The main process reads documents in input order, sends
-each to the train or the eval split by a hash of its text (so a document
-lands in the same split in every run), and groups a split's consecutive
-documents into *units* of about `unit_chars` characters. Worker processes
-(or this process, with one worker) turn each unit into records: tokenize
-in-graph, build NSP pairs `dupe_factor` times as token ranges (`examples`),
-shuffle within the unit, then mask (`examples.mask_batch`, the masking of
-the `tf.data` pipeline) and serialize `tf.train.Example`s in one TensorFlow
-graph. The main process writes each unit's records with TensorFlow's record
-writer, in unit order, a contiguous run of the unit per shard, then
-`stats.json`. At most `2 * num_workers` units are in flight, so memory does
-not grow with the corpus. Unmasked records (`mask=False`, for the dynamic
-pipeline) and eval records are made once, without dupe copies.
-
-Determinism. Units depend on the input and `unit_chars` only, and every
-random choice is drawn from (seed, split, unit[, dupe | example]), never
-from a worker: a seed gives the same bytes whatever `num_workers` is.
+The main process reads documents in input order, sends each to the train or
+the eval split by a hash of its text (the same split in every run), and
+groups a split's consecutive documents into units of about `unit_chars`
+characters. Workers turn each unit into shuffled, serialized examples
+(`Worker.process`); the main process writes them in unit order, then
+`stats.json`. Units depend on the input and `unit_chars` only, and every
+random choice derives from (seed, split, unit, ...), never from a worker: a
+seed gives the same bytes whatever `num_workers` is.
 """
 
 import collections
@@ -69,21 +59,16 @@ class CreationConfig:
   """What examples to create; the defaults are the original BERT's.
 
   Attributes:
-    max_seq_length: tokens per example, `[CLS]` and `[SEP]`s included.
-    short_seq_prob: probability of a shorter target length (per document, as
-      in the original), so the model also sees short inputs.
-    dupe_factor: how many times each document is turned into examples, each
-      time with other pair cuts and masks.
-    seed: the seed every random choice derives from.
+    short_seq_prob: probability of a shorter target length, per document,
+      so the model also sees short inputs.
+    dupe_factor: copies of each document, each with other pairs and masks.
     nsp: build NSP sentence pairs; False packs sentences RoBERTa-style.
     mask: write masked examples; False writes unmasked pairs, once.
-    masking: how examples are masked (with `mask`).
-    eval_fraction: fraction of documents held out as the eval split.
     unit_chars: characters of text per unit of work; also the window random
-      next sentences are drawn from.
-    word_segmenter: with `masking.whole_word_mask`, how word starts are
-      found in text with Chinese characters (`segmentation.SEGMENTERS`);
-      unmasked records then carry them as the feature `word_starts`.
+      next sentences are drawn from, so the output depends on it.
+    word_segmenter: with whole-word masking, how word starts are found in
+      text with Chinese characters; unmasked records then carry them as the
+      feature `word_starts`.
   """
 
   max_seq_length: int = 128
@@ -124,10 +109,6 @@ def derive_seed(*parts: object) -> int:
   """A 64-bit seed from any printable parts, stable across runs/platforms."""
   text = '/'.join(str(p) for p in parts).encode()
   return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), 'big')
-
-
-# ---------------------------------------------------------------------------
-# Units of work.
 
 
 @dataclasses.dataclass
@@ -229,18 +210,13 @@ class UnitResult:
 
 
 def serialize_examples(features: dict[str, tf.Tensor]) -> tf.Tensor:
-  """`tf.train.Example`s of a batch, serialized in the graph.
+  """`tf.train.Example`s of a batch, serialized in the graph: `[batch]`
+  tf.string from `features` name -> `[batch, width]` (float32 to a
+  `FloatList`, integers to an `Int64List`).
 
-  The same bytes as `SerializeToString(deterministic=True)` of each example
-  (features in key order). Building the messages one by one in Python would
-  cost more than all the rest of example creation (BENCHMARKS.md).
-
-  Args:
-    features: name -> `[batch, width]`; float32 tensors become a
-      `FloatList`, integer tensors an `Int64List`.
-
-  Returns:
-    `[batch]` tf.string.
+  The same bytes as `SerializeToString(deterministic=True)` of each example.
+  Building the messages one by one in Python would cost more than all the
+  rest of example creation.
   """
   batch = tf.shape(next(iter(features.values())))[0]
 
@@ -288,12 +264,10 @@ class Worker:
     tokenize = tok.create_tf_tokenize_fn()
 
     def tokenize_and_count(texts):
-      # The UTF-8 bytes of the text too, for the stats: here they cost
-      # nothing, where encoding every sentence again in Python would not.
+      # The text's UTF-8 bytes for the stats: free here, costly in Python.
       return tokenize(texts), tf.reduce_sum(tf.strings.length(texts))
 
-    # autograph=False: plain graph code, and converting it (tf_text's
-    # included) cost seconds of CPU per worker.
+    # autograph=False: plain graph code; converting it cost seconds of CPU.
     self._tokenize = tf.function(
       tokenize_and_count,
       input_signature=[tf.TensorSpec([None], tf.string)],
@@ -347,12 +321,10 @@ class Worker:
   ) -> tuple[np.ndarray, np.ndarray | None, list[list[int]]]:
     """Tokenizes a unit's documents; empty sentences are dropped (counted).
 
-    Returns:
-      `tokens`, `[num_tokens]` int32: the documents' tokens in order, one
-      `[SEP]` between consecutive documents; `starts`, `[num_tokens]` uint8,
-      1 where a token begins a word (`segmentation`), or None unless
-      `config.segments_words`; and per document with tokens, its sentence
-      boundaries as offsets into `tokens` (sentences + 1).
+    Returns `tokens`, `[num_tokens]` int32, one `[SEP]` between documents;
+    `starts`, `[num_tokens]` uint8, 1 where a token begins a word (None
+    unless `config.segments_words`); and per document with tokens, its
+    sentence boundaries as offsets into `tokens` (sentences + 1).
     """
     sentences = [s for doc in unit.docs for s in doc]
     values, lengths = [], []
@@ -564,10 +536,6 @@ def _process_units(
         future.cancel()
 
 
-# ---------------------------------------------------------------------------
-# Output.
-
-
 def shard_name(split: str, index: int, count: int) -> str:
   """`<split>-XXXXX-of-YYYYY.tfrecord`."""
   return f'{split}-{index:05d}-of-{count:05d}.tfrecord'
@@ -641,19 +609,11 @@ def create_pretraining_data(
 ) -> dict:
   """Creates pretraining records from documents; writes shards and stats.
 
-  Args:
-    docs: documents (lists of sentences) in input order, e.g. from
-      `documents.read_documents`; consumed once, as a stream.
-    input_stats: the stats the reader of `docs` fills in.
-    tokenizer_path: a WordPiece `vocab.txt` or a SentencePiece `.model`.
-    do_lower_case: passed to `tokenizers.create_tokenizer`.
-    total_bytes: the size of the input, if known, for the progress shown.
-
-  Returns:
-    The stats also written to `<output_dir>/stats.json`.
-
-  Raises:
-    FileExistsError: the output directory holds shards of another run.
+  `docs` (lists of sentences, e.g. from `documents.read_documents`) are
+  consumed once, as a stream; `input_stats` is what their reader fills in;
+  `total_bytes`, if known, sizes the progress bar. Returns the stats also
+  written to `<output_dir>/stats.json`; raises FileExistsError if the
+  output directory holds shards of another run.
   """
   started = time.perf_counter()
   cpu_started = time.process_time()
@@ -696,8 +656,7 @@ def create_pretraining_data(
   if total.text_bytes > first_unit_bytes and ended > first_unit_done:
     steady = (total.text_bytes - first_unit_bytes) / 1e6
     steady /= ended - first_unit_done
-  # This process's CPU (reading, writing; the units too with one worker)
-  # plus, with a pool, the workers'.
+  # This process's CPU plus, with a pool, the workers'.
   cpu_seconds = time.process_time() - cpu_started
   if output.num_workers > 1:
     cpu_seconds += total.cpu_seconds
@@ -783,14 +742,10 @@ def _stats_dict(
     # Robust to other load on the machine, unlike the wall-clock figures.
     'cpu_seconds': round(cpu_seconds, 3),
     'mb_per_cpu_s': round(megabytes / cpu_seconds, 3) if cpu_seconds else None,
-    # MB/s of text after the first unit, start-up excluded (a fixed cost of
-    # seconds: imports and tracing in each worker).
+    # MB/s of text after the first unit: start-up (imports, tracing) left out.
     'steady_mb_per_s': steady_mb_per_s and round(steady_mb_per_s, 3),
   }
 
-
-# ---------------------------------------------------------------------------
-# The records and vocabulary of a training run.
 
 # Seed of pair creation for a run's text: fixed, so the cache is shared by
 # runs that differ only in their training seed.
@@ -949,31 +904,19 @@ def prepare_data(
   is_writer: bool = True,
   barrier: Callable[[str], None] | None = None,
 ) -> PreparedData:
-  """Makes sure records and a tokenizer exist for a run's data.
+  """Makes sure records and a tokenizer exist for a run's `config.data`.
 
-  TFRecord inputs (told from text by their contents) are used as they
-  are. Raw text (or the demo corpus) gets a WordPiece vocabulary
-  when none is given, and unmasked NSP pair records with a held-out eval
-  split by document, made once (the pipeline masks them afresh every
-  epoch) and cached under a fingerprint of the inputs and settings.
+  TFRecord inputs (told from text by their contents) are used as they are.
+  Raw text (or the demo corpus) gets a WordPiece vocabulary when none is
+  given, and unmasked NSP pair records with a held-out eval split by
+  document, made once (the pipeline masks them afresh every epoch) and
+  cached under a fingerprint of the inputs and settings in `cache_dir` (the
+  demo's in the shared corpus cache).
 
-  Multi-host: only the writer process creates files; the others wait at the
-  barrier, then read the same paths (a shared filesystem or gs://). On
-  pods, create records once offline with `create_pretraining_data`.
-
-  Args:
-    data: `config.data` (see configs/common.py).
-    max_seq_length: sequence length of the records.
-    cache_dir: where prepared files of user text go (the demo's go to the
-      shared corpus cache, so every demo run reuses them).
-    is_writer: whether this process creates files (process 0).
-    barrier: called with a name after the writer is done, on every process.
-
-  Raises:
-    FileNotFoundError: an input or eval pattern matches nothing, or the
-      tokenizer file is missing.
-    ValueError: TFRecord inputs without a tokenizer, inputs that mix
-      records and text, an unknown demo corpus or word segmenter.
+  Multi-host: only the writer process (`is_writer`, process 0) creates
+  files; every process calls `barrier(name)` after each step, then reads the
+  same paths (a shared filesystem or gs://). On pods, create records once
+  offline with `create_pretraining_data`.
   """
   segmentation.check_segmenter(data.word_segmenter)
   patterns = documents.split_patterns(data.input_files)

@@ -1,30 +1,19 @@
 """Word boundaries for whole-word masking, read where the text is tokenized.
 
-WordPiece marks the later pieces of a word with '##', so whole-word masking
-can read word starts off the ids (`Tokenizer.word_start_table`). Chinese has
-no spaces, and BERT's tokenizer cuts it into one token per character with no
-'##' (SentencePiece into pieces with no '▁'), so the ids alone make every
-Chinese character its own word (WordPiece) or whole sentences one word
-(SentencePiece). Whole-word masking for Chinese (Cui et al. 2019, the
-Chinese-BERT-wwm models) masks the characters of a segmented word together.
-
-Here a segmenter cuts each text into words, and a token whose text begins
-with a CJK ideograph starts a word exactly where a segmented word starts;
-other tokens keep the vocabulary's rule (`word_starts` has the details), so
-WordPiece's English pieces, in English or in mixed text, group as they
-always did.
-
-Segmenters (`word_segmenter` in the configs and tools):
-
-- 'jieba': jieba's dictionary and HMM segmentation, through rjieba (its
-  Rust port: the same words, several times faster; BENCHMARKS.md). The
-  default: Chinese text is segmented with nothing else to set.
-- 'whitespace': the text is segmented already, words apart by whitespace
-  (a gold segmentation, such as People's Daily's). WordPiece ids do not
-  change, since BERT puts spaces around CJK characters anyway.
-- 'none': the vocabulary's rule alone.
-
+WordPiece marks the later pieces of a word with '##', so word starts can be
+read off the ids (`Tokenizer.word_start_table`). Chinese has no spaces, and
+BERT's tokenizer makes each CJK character a token with no '##'
+(SentencePiece, pieces with no '▁'), so the ids alone make every character
+its own word (WordPiece) or whole sentences one word (SentencePiece).
+Whole-word masking for Chinese (Cui et al. 2019, Chinese-BERT-wwm) masks
+the characters of a segmented word together: here a segmenter cuts the text
+into words, and `word_starts` combines them with the vocabulary's rule.
 Texts without a CJK ideograph never reach the segmenter.
+
+Segmenters (`word_segmenter`): 'jieba' (the default; jieba's dictionary and
+HMM segmentation through rjieba, its faster Rust port); 'whitespace' (text
+segmented already, words apart by whitespace, such as People's Daily's; it
+leaves WordPiece ids unchanged); 'none' (the vocabulary's rule alone).
 """
 
 import re
@@ -96,25 +85,16 @@ def word_starts(
   word_start_table: np.ndarray,
   segmenter: str,
 ) -> np.ndarray:
-  """Which tokens of one text begin a word.
+  """Which tokens of one text begin a word: `[len(ids)]` bool.
 
-  Args:
-    text: the text.
-    ids: its token ids (no `[CLS]`/`[SEP]` added).
-    offsets: per id, the (start, end) characters of `text` it came from, as
-      `Tokenizer.encode_with_offsets` gives them.
-    word_start_table: `[vocab_size]` bool, the vocabulary's rule
-      (`Tokenizer.word_start_table`).
-    segmenter: one of SEGMENTERS.
-
-  Returns:
-    `[len(ids)]` bool. A token whose first non-space character is a CJK
-    ideograph starts a word iff a segmented word starts at that character.
-    Any other token starts one where the table says so, and also where a
-    segmented word starts: SentencePiece writes no '▁' before English glued
-    to Chinese ('用tensorflow'), but the segmenter sees the word begin.
-    WordPiece's '##' pieces never begin a segmented word (jieba keeps runs
-    of letters and digits whole), so English words stay as they were.
+  `ids` and `offsets` are as `Tokenizer.encode_with_offsets` gives them (no
+  `[CLS]`/`[SEP]`); `word_start_table` is `[vocab_size]` bool. A token whose
+  first non-space character is a CJK ideograph starts a word iff a
+  segmented word starts there. Any other token starts one where the table
+  says so, and also where a segmented word starts: SentencePiece writes no
+  '▁' before English glued to Chinese ('用tensorflow'). WordPiece's '##'
+  pieces never begin a segmented word (jieba keeps runs of letters and
+  digits whole), so English words stay as they were.
   """
   [starts] = batch_word_starts(
     [text], [(ids, offsets)], word_start_table, segmenter

@@ -1,41 +1,26 @@
 """Tokenizers: one interface over BERT WordPiece and SentencePiece.
 
-This module owns turning text into BERT input ids, in Python and in a tf.data
-graph; what the masker needs to know about the vocabulary: the special ids
-(never masked) and which ids start a word (for whole-word masking); and
-training new vocabularies. create_tokenizer picks the implementation from
-the file.
+Turns text into BERT input ids, in Python and in a tf.data graph; tells the
+masker the special ids (never masked) and which ids start a word; trains new
+vocabularies. `create_tokenizer` picks the implementation from the file.
 
 * WordPieceTokenizer reads a BERT `vocab.txt` and runs Hugging Face
-  `tokenizers` (Rust) with BERT's normaliser (control characters and U+FFFD
-  removed, CJK characters split, accents stripped when lower-casing) and
-  pre-tokenizer. Its ids equal those of transformers' BertTokenizer and of
-  BERT's original algorithm on English and Chinese text, cased and uncased
-  (tests/tokenizers_test.py). A literal special token in the text ('[MASK]')
-  stays one id, as in transformers.
+  `tokenizers` with BERT's normaliser and pre-tokenizer: its ids equal those
+  of transformers' BertTokenizer and of BERT's original algorithm on English
+  and Chinese text, cased and uncased. A literal special token in the text
+  ('[MASK]') stays one id, as in transformers.
 * SentencePieceTokenizer loads a `.model`; the BERT specials map to single
   ids ([PAD] 0, [UNK] 1, [CLS] 2, [SEP] 3, [MASK] 4 in models trained by
   data_pipeline.train_tokenizer).
 
-In-graph (create_tf_tokenize_fn), WordPiece runs
-`tensorflow_text.FastBertTokenizer`, several times the throughput of the
-Python tokenizer, so WordPiece belongs in the graph (BENCHMARKS.md). Its own
-normalisation is not BERT's: it keeps U+FFFD, folds full-width forms to
-ASCII when lower-casing ('１２' becomes '12') and splits a literal '[MASK]',
-so used as is it disagrees with BERT on some English and most Chinese text.
-The graph therefore does BERT's normalisation itself (split out literal
-specials, delete NUL/U+FFFD/control/format characters, lower-case, NFD, drop
-Mn) and calls FastBertTokenizer with its normalisation off. The in-graph ids
-then equal the Python ids on the test corpora; over all of Unicode they
-differ only on code points whose tables differ between TensorFlow's ICU and
-the Rust crates (recent additions, part of CJK Extension E), never in Latin,
-Greek, Cyrillic, CJK, kana, hangul, full-width forms or punctuation.
-
-SentencePiece in-graph runs `tensorflow_text.SentencepieceTokenizer`, slower
-than the Python tokenizer (the op does not run in parallel). Its bundled
-SentencePiece build breaks Viterbi near-ties differently, so a few documents
-get another segmentation of the same probability ('▁mo de rate' vs
-'▁mo der ate').
+In-graph (`create_tf_tokenize_fn`), WordPiece runs the much faster
+`tensorflow_text.FastBertTokenizer` with its own normalisation off, as it is
+not BERT's (it keeps U+FFFD, folds full-width forms, splits a literal
+'[MASK]'); the graph does BERT's normalisation itself, and its ids equal
+the Python ids but on a few recent code points whose Unicode tables differ
+between TensorFlow's ICU and the Rust crates. SentencePiece's in-graph op
+breaks Viterbi near-ties differently: a few texts get another segmentation
+of the same probability ('▁mo de rate' vs '▁mo der ate').
 """
 
 import abc
@@ -182,12 +167,10 @@ class WordPieceTokenizer(Tokenizer):
   """BERT WordPiece over a vocab.txt, with BERT's basic tokenizer."""
 
   def __init__(self, vocab_path: str, do_lower_case: bool | None = None):
-    """Reads a vocab.txt; raises as read_vocab_txt does.
+    """Reads a vocab.txt (line i is id i; local path or gs://).
 
-    Args:
-      vocab_path: one token per line; line i is id i (local path or gs://).
-      do_lower_case: lower-case and strip accents (an uncased vocab); None
-        infers it with infer_do_lower_case.
+    `do_lower_case`: lower-case and strip accents (an uncased vocab); None
+    infers it with infer_do_lower_case. Raises as read_vocab_txt does.
     """
     pieces = read_vocab_txt(vocab_path)
     ids = {piece: i for i, piece in enumerate(pieces)}
@@ -260,9 +243,8 @@ class WordPieceTokenizer(Tokenizer):
       return text
 
     def tokenize_batch(texts: tf.Tensor) -> tf.RaggedTensor:
-      # Printable ASCII (nearly all English text) has nothing to delete or
-      # decompose and lower-cases byte by byte: the Unicode passes run on
-      # the other texts only, a clear speed-up on English (BENCHMARKS.md).
+      # Printable ASCII has nothing to delete or decompose and lower-cases
+      # byte by byte: the Unicode passes run on the other texts only.
       plain = tf.strings.regex_full_match(texts, _PLAIN_RE)
       other = tf.where(~plain)[:, 0]
       # regex_split stops at a NUL; U+FFFD is deleted below just as NUL is.
@@ -300,10 +282,7 @@ class SentencePieceTokenizer(Tokenizer):
 
     [PAD]/[UNK]/[CLS]/[SEP]/[MASK] are looked up as pieces; a model without
     them falls back to its pad, unk, bos and eos ids and a '<mask>' piece.
-
-    Raises:
-      FileNotFoundError: no such file.
-      VocabError: not a SentencePiece model, or no id for a special.
+    Raises VocabError for a file that is no model or lacks a special.
     """
     proto = _read_bytes(model_path)
     if not proto:
@@ -444,10 +423,8 @@ def _read_bytes(path: str | os.PathLike) -> bytes:
 def read_vocab_txt(path: str | os.PathLike) -> list[str]:
   """Reads and checks a BERT vocab.txt; returns the tokens in id order.
 
-  Raises:
-    FileNotFoundError: no such file.
-    VocabError: not UTF-8 text, empty, a blank or whitespace-bearing line,
-      a repeated token, or a missing BERT special token.
+  Raises VocabError for a file that is not UTF-8 text, is empty, has a blank
+  or whitespace-bearing line or a repeated token, or lacks a BERT special.
   """
   path = os.fspath(path)
   try:
@@ -473,9 +450,8 @@ def read_vocab_txt(path: str | os.PathLike) -> list[str]:
         f'{path}: line {number} has a tab; a SentencePiece .vocab is not a '
         'WordPiece vocab, use its .model'
       )
-    # Zero-width and other format characters do occur in real vocabs (they
-    # can never match, BERT deletes them from text); whitespace and C0
-    # controls only occur in a file that is not a vocab.
+    # Format characters (zero-width, ...) occur in real vocabs; whitespace
+    # and C0 controls only in a file that is not a vocab.
     if _NOT_IN_A_TOKEN.search(token):
       raise VocabError(
         f'{path}: line {number} ({token[:20]!r}) has whitespace or control '
@@ -508,16 +484,9 @@ def create_tokenizer(
 ) -> Tokenizer:
   """Opens a vocab.txt (WordPiece) or a .model (SentencePiece).
 
-  Args:
-    path: a `.model` file, a WordPiece vocab file, or a directory holding
-      vocab.txt (such as `bertjax.pretrained.resolve('all-minilm-l6-v2')`).
-    do_lower_case: WordPiece only; None infers it from the vocab (uncased
-      when no token has an upper-case letter).
-
-  Raises:
-    FileNotFoundError: no such file.
-    VocabError: the file is not a usable vocab or model.
-    ValueError: do_lower_case given for a SentencePiece model.
+  `path` may also be a directory holding vocab.txt (such as
+  `bertjax.pretrained.resolve('all-minilm-l6-v2')`). `do_lower_case` is for
+  WordPiece only; None infers it from the vocab.
   """
   path = os.fspath(path)
   if tf.io.gfile.isdir(path):
@@ -576,20 +545,10 @@ def train_sentencepiece(
 ) -> list[str]:
   """Trains a SentencePiece model with the BERT specials at ids 0-4.
 
-  Args:
-    lines: training text, one sentence or document per item.
-    model_prefix: output prefix (local or gs://).
-    vocab_size: pieces in the model, specials included.
-    model_type: 'unigram' or 'bpe'.
-    character_coverage: share of characters the alphabet must cover.
-    max_sentence_length: longer lines, in bytes, are skipped.
-
-  Returns:
-    [PREFIX.model, PREFIX.vocab].
-
-  Raises:
-    VocabError: SentencePiece rejected the data or settings (e.g. a
-      vocab_size too large for the text).
+  `vocab_size` counts the specials; lines longer than `max_sentence_length`
+  bytes are skipped. Returns [PREFIX.model, PREFIX.vocab]; raises VocabError
+  when SentencePiece rejects the data or settings (e.g. a vocab_size too
+  large for the text).
   """
   model = io.BytesIO()
   try:
@@ -638,15 +597,8 @@ def train_wordpiece(
   """Trains a WordPiece vocab (specials at ids 0-4); returns PREFIX.vocab.txt.
 
   The same lines give the same vocab, byte for byte, in any process.
-
-  Args:
-    lines: training text, one sentence or document per item.
-    model_prefix: output prefix (local or gs://).
-    vocab_size: tokens in the vocab, specials included.
-    do_lower_case: an uncased vocab (lower-cased, accents stripped).
-    limit_alphabet: keep this many of the most frequent characters; rarer
-      ones become [UNK]. Chinese needs more than the default 1,000 (People's
-      Daily has 4,687 characters).
+  `limit_alphabet` keeps that many of the most frequent characters; rarer
+  ones become [UNK], so Chinese needs more than the default 1,000.
   """
   lines = list(lines)
   trainer = hf_tokenizers.BertWordPieceTokenizer(
@@ -655,12 +607,11 @@ def train_wordpiece(
     strip_accents=None,
     lowercase=do_lower_case,
   )
-  # The trainer alone is not deterministic (huggingface/tokenizers#1794):
-  # it numbers the `##c` tokens in hash-map order and breaks ties between
-  # equally frequent merges by those numbers, and it picks the alphabet's
-  # last characters among equal counts in hash-map order too. Both are
-  # pinned here: the alphabet is chosen by (count, character), and every
-  # `##c` is numbered up front, as a special token, in character order.
+  # The trainer alone is not deterministic (huggingface/tokenizers#1794): it
+  # numbers `##c` tokens, which break ties between equal merges, and picks
+  # the alphabet among equal counts, in hash-map order. Both are pinned:
+  # the alphabet by (count, character), every `##c` numbered up front, as a
+  # special token, in character order.
   normalizer = trainer.normalizer
   counts = collections.Counter()
   for start in range(0, len(lines), 1000):

@@ -4,22 +4,17 @@ r"""Compile a pretraining recipe for a Cloud TPU slice before renting it.
   python -m bertjax.aot --config=configs/bert_large.py --topology=v5p-128 \
     [--num_slices=2] [--config.mesh.shape='(1,-1,1)' ...]
 
-Builds the train step, state shardings and batch shardings that
-`python -m bertjax.train` builds for the same recipe on that slice (the
-same functions of `bertjax.trainer`), lowers them from abstract inputs
-only, compiles them with the TPU compiler for the slice's devices as JAX
-describes them on any host (`jax.experimental.topologies`), and reports
-what the compiled program needs: memory per chip against the chip's HBM,
-the collectives, the compile time, the step's model FLOPs and what 50% MFU
-on the chip's data-sheet peak makes of them (step time, tokens/s, time to
-train the recipe). A recipe that does not fit fails with one line naming
-the memory needed and what to change.
+Compiles, from abstract inputs, the train step `python -m bertjax.train`
+builds for the recipe (with `bertjax.trainer`'s own functions), for the
+slice's devices as JAX describes them on any host, and reports the memory
+per chip against its HBM, the collectives, the compile time, and the step
+time, tokens/s and training time at 50% MFU of the chip's data-sheet peak.
+A recipe that does not fit fails with one line naming the memory needed and
+what to change.
 
-Topologies are named as Cloud TPU names accelerator types (`v4-8` to
-`v4-4096`, `v5litepod-1` to `v5litepod-256`, `v5p-8` to `v5p-12288`,
-`v6e-1` to `v6e-256`: v4 and v5p count TensorCores, two per chip; v5e and
-v6e count chips), or as `GENERATION:SHAPE` (`v5p:4x4x12`) for slice shapes
-that are not a power of two.
+Topologies are Cloud TPU accelerator types (`v4-8`, `v5litepod-16`,
+`v5p-128`, `v6e-256`: v4 and v5p count TensorCores, two per chip; v5e and
+v6e count chips), or `GENERATION:SHAPE` (`v5p:4x4x12`) for other shapes.
 """
 
 import collections
@@ -149,12 +144,8 @@ def _shape_of(chips: int, rank: int) -> tuple[int, ...]:
 
 
 def parse_topology(name: str) -> Slice:
-  """`v5p-128`, `v5litepod-16`, `v6e-256` or `v5p:4x4x12` -> a Slice.
-
-  Raises:
-    AotError: an unknown generation, or a size that generation's slices
-      do not come in.
-  """
+  """`v5p-128`, `v5litepod-16`, `v6e-256` or `v5p:4x4x12` -> a Slice;
+  `AotError` for an unknown generation or a size its slices do not come in."""
   match = re.fullmatch(r'([a-z0-9]+)(?:-(\d+)|:(\d+(?:x\d+)+))', name.strip())
   generation = _ALIASES.get(match.group(1), match.group(1)) if match else None
   if generation not in _GENERATIONS:
@@ -187,11 +178,8 @@ def has_tpu_compiler() -> bool:
 
 
 def get_devices(tpu: Slice, num_slices: int = 1) -> list[Any]:
-  """The slice's TPU devices, described (not attached) on this host.
-
-  Raises:
-    AotError: libtpu, the TPU compiler, is not installed.
-  """
+  """The slice's TPU devices, described (not attached) on this host; needs
+  libtpu."""
   if not has_tpu_compiler():
     raise AotError(
       "the TPU compiler (libtpu) is not installed: pip install -e '.[tpu]'"
@@ -213,12 +201,10 @@ def get_devices(tpu: Slice, num_slices: int = 1) -> list[Any]:
 
 @dataclasses.dataclass(frozen=True)
 class Report:
-  """What the compiled train step of a recipe needs on a slice.
-
-  Memory is per chip, in bytes, from the compiler's own analysis; `peak`
-  is what the step holds at once: arguments, outputs not aliased to them
-  (the donated state is updated in place), temporaries and code.
-  """
+  """What the compiled train step of a recipe needs on a slice: memory per
+  chip, in bytes, from the compiler's analysis; `peak` is what the step
+  holds at once: arguments, outputs not aliased to them (the donated state
+  is updated in place), temporaries and code."""
 
   topology: str
   num_slices: int
@@ -239,8 +225,7 @@ class Report:
   global_batch: int
   seq_len: int
   num_train_steps: int
-  # The compiled program's own shardings of the params (a tree of
-  # NamedSharding), as the compiler settled them.
+  # The params' shardings (NamedSharding) as the compiler settled them.
   param_shardings: Any = dataclasses.field(repr=False, compare=False)
 
   @property
@@ -290,9 +275,8 @@ def _does_not_fit(
   )
 
 
-# The TPU compiler's words for a program too big for HBM: "... the total
-# memory required for HLO temporaries (101.59G) exceeds available HBM
-# (15.75G)."
+# The TPU compiler's words for a program too big for HBM: "... memory
+# required for HLO temporaries (101.59G) exceeds available HBM (15.75G)."
 _EXHAUSTED = re.compile(
   r'(?:for ([\w ]+?) )?\(([\d.]+)G\) exceeds available HBM \(([\d.]+)G\)'
 )
@@ -306,13 +290,9 @@ def compile_train_step(
   what: str = 'the recipe',
 ) -> Report:
   """Compiles the train step `bertjax.train` would run for `config` on
-  `num_slices` slices of `tpu`, from abstract inputs.
-
-  Raises:
-    AotError: no TPU compiler, or the step does not fit the chips' HBM.
-    trainer.TrainingError, sharding.MeshError: a config the slice cannot
-      run (a batch the mesh does not divide, a mesh it cannot form).
-  """
+  `num_slices` slices of `tpu`, from abstract inputs. Raises `AotError`
+  without a TPU compiler or when the step does not fit the chips' HBM, and
+  the trainer's errors for a config the slice cannot run."""
   import flax.linen as nn
   import jax
 
@@ -441,9 +421,8 @@ def format_report(report: Report, what: str) -> str:
 def main(argv: Sequence[str]) -> None:
   del argv
   tpu = parse_topology(_TOPOLOGY.value)
-  # libtpu, loaded to describe the slice, looks for the TPU VM it runs on
-  # and logs three errors when it is not one; what it would find is not
-  # used.
+  # libtpu looks for the TPU VM it runs on and logs three errors when it is
+  # not one; what it would find is not used.
   os.environ.setdefault('TPU_WORKER_HOSTNAMES', 'localhost')
   os.environ.setdefault('TPU_ACCELERATOR_TYPE', tpu.name)
   what = flags.FLAGS['config'].serialize().split('=', 1)[1]
@@ -454,9 +433,8 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  # Compile for the described TPU on this host's CPU, before JAX is
-  # imported; several compiles may run at once (libtpu otherwise holds a
-  # lock file for the whole machine).
+  # Set before JAX is imported: compile on this host's CPU, and let several
+  # compiles run at once (libtpu otherwise locks the whole machine).
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
   # TensorFlow (the trainer's input pipeline, unused here) stays quiet.

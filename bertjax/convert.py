@@ -3,18 +3,13 @@ r"""Command line: convert a BERT checkpoint between formats.
   python -m bertjax.convert --from=PATH --to=DIR [--to_format=hf|bertjax] \
     [--hf_do_lower_case=true|false]
 
-The source is anything `bertjax.pretrained` loads: a Hugging Face directory,
-a bertjax model directory, an original Google TF checkpoint, a training
-workdir (or one of its steps), or a pretrained model name. `--to_format`
-defaults to bertjax, or to hf when the source is a bertjax model or a
-fine-tuning workdir (whose best params become the matching transformers
-class: `BertForSequenceClassification`, `BertForTokenClassification` with
-its labels as `id2label`, or `BertForQuestionAnswering`).
-Pretraining heads that the source lacks (a `BertModel`-only checkpoint) are
-initialised freshly and named in the log. The tokenizer file travels along;
-a bertjax directory does not record lower-casing (bertjax infers it from
-the vocabulary), so for a cased model exported to hf pass
---hf_do_lower_case=false, which transformers' tokenizer needs.
+The source is anything `bertjax.pretrained` loads. `--to_format` defaults
+to bertjax, or to hf for a bertjax model or a fine-tuning workdir (whose
+best params become the matching transformers class, labels as `id2label`).
+Pretraining heads the source lacks are initialised freshly and logged. The
+tokenizer file travels along; a bertjax directory does not record
+lower-casing, so a cased model exported to hf needs
+--hf_do_lower_case=false.
 """
 
 import os
@@ -51,12 +46,8 @@ def convert(
   do_lower_case: bool | None = None,
 ) -> str:
   """Converts the model at `source` (a path or pretrained model name) into
-  `target`, a new or empty directory. `to_format` and `do_lower_case`: as the
-  flags (None picks the flags' defaults). Returns the format written.
-
-  Raises:
-    FileExistsError: a target that is not an empty directory.
-  """
+  `target`, a new or empty directory; `to_format` and `do_lower_case` as the
+  flags (None: their defaults). Returns the format written."""
   source = pretrained.resolve(source)
   kind = pretrained.detect_format(source)
   head, labels = model.PRETRAINING, None

@@ -9,18 +9,12 @@ In Python:
   lm = fill_mask.load('path/to/model')
   fill_mask.fill_mask(lm, ['The capital of France is [MASK].'])
   # -> [[[{'token_str': 'paris', 'token': 3000, 'score': 0.41}, ...]]]
-  #    (one list per text, in it one list per [MASK], top_k dicts each)
 
 `--model` is anything `bertjax.pretrained` loads that has a trained
-masked-LM head: a pretraining workdir or one of its steps, a bertjax model
-directory, a Hugging Face `BertForPreTraining` or `BertForMaskedLM`
-directory, a Google checkpoint. A model without one (all-MiniLM-L6-v2,
-a fine-tuned classifier) is refused: its head would be random.
-
-Each text becomes `[CLS] tokens [SEP]` with its literal `[MASK]`s kept as
-single tokens, as transformers' `fill-mask` pipeline does; the scores are
-the softmax over the whole vocabulary at each mask, so they equal that
-pipeline's on the same checkpoint.
+masked-LM head; one without (all-MiniLM-L6-v2, a fine-tuned classifier) is
+refused: its head would be random. Texts are encoded as transformers'
+`fill-mask` pipeline does, so the scores (the softmax over the vocabulary)
+equal that pipeline's on the same checkpoint.
 """
 
 import dataclasses
@@ -55,13 +49,8 @@ def load(
   do_lower_case: bool | None = None,
   max_seq_length: int | None = None,
 ) -> MaskedLm:
-  """Loads a model with a trained masked-LM head (see the module docstring).
-
-  Raises:
-    model.WeightsError: the model has no trained masked-LM head.
-    embed.EmbedError: no usable tokenizer, or a max_seq_length the model
-      cannot take.
-  """
+  """Loads a model with a trained masked-LM head (see the module docstring);
+  `model.WeightsError` for a model without one."""
   config, params, tokenizer = embed.load_model(
     path, do_lower_case, max_seq_length, require_heads=('mlm_head',)
   )
@@ -97,22 +86,11 @@ def fill_mask(
 ) -> list[list[list[dict[str, Any]]]]:
   """Predicts the tokens at every `[MASK]` of each text.
 
-  Args:
-    lm: from `load`.
-    texts: a text or texts, each with one `[MASK]` or more.
-    top_k: how many tokens to give per mask, likeliest first.
-    max_seq_length: tokens per text with [CLS] and [SEP]; default
-      min(512, max_position_embeddings).
-    batch_size: texts per batch.
-
-  Returns:
-    For each text, for each of its masks in order, `top_k` dicts with
-    `token_str` (the vocabulary entry), `token` (its id) and `score` (its
-    probability).
-
-  Raises:
-    FillMaskError: a text without `[MASK]`, one whose mask lies past
-      `max_seq_length`, or a `top_k` outside 1..vocab_size.
+  Returns, for each text, for each of its masks in order, `top_k` dicts,
+  likeliest first: `token_str` (the vocabulary entry), `token` (its id) and
+  `score` (its probability). `max_seq_length` counts [CLS] and [SEP]
+  (default min(512, max_position_embeddings)); a text without `[MASK]`, or
+  with one past it, raises `FillMaskError`.
   """
   if isinstance(texts, str):
     texts = [texts]

@@ -1,10 +1,9 @@
 """The original google-research/bert TensorFlow checkpoints, import only.
 
-A Google checkpoint is `bert_config.json` beside the TF checkpoint files
-`bert_model.ckpt.{index,data-*}` (usually with `vocab.txt`). Its variable
-names map one to one onto transformers' `BertForPreTraining` names, so the
-mapping here is a name rewrite plus the kernel transpose, and `hf` does the
-rest. TensorFlow is imported only to read such a checkpoint.
+A Google checkpoint is `bert_config.json` beside `bert_model.ckpt.{index,
+data-*}`. Its variable names map one to one onto transformers'
+`BertForPreTraining` names, so this is a name rewrite and the kernel
+transpose; `hf` does the rest. TensorFlow is imported only to read one.
 """
 
 import os

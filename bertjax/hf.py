@@ -1,18 +1,13 @@
 """Hugging Face BERT checkpoints: the name and layout mapping, reader, writer.
 
-A Hugging Face BERT directory holds `config.json` and the weights,
-`model.safetensors` (or sharded `model.safetensors.index.json`, or
-`pytorch_model.bin`), with `BertForPreTraining` names (under `bert.` and
-`cls.`) or `BertModel` names (no prefix, no pretraining heads). PyTorch
-linear weights are `[out, in]`; bertjax kernels are `[in, ...out]` with the
-attention projections split into `[heads, head_dim]`, and scanned layers are
-stacked on a leading `[num_layers]` axis. Pretraining heads a checkpoint
-lacks are initialised as the model initialises them (`model.init_params`)
-and reported. Everything here works on numpy arrays; torch is imported only
-to read a `pytorch_model.bin`, with `weights_only=True`.
-
-`google` maps the original google-research/bert checkpoints onto these
-names; `pretrained` picks the format of a path.
+A Hugging Face BERT directory holds `config.json` and `model.safetensors`
+(or a sharded index, or `pytorch_model.bin`), with `BertForPreTraining`
+names (under `bert.` and `cls.`) or `BertModel` names (no prefix, no
+pretraining heads). PyTorch linear weights are `[out, in]`; bertjax kernels
+are `[in, ...out]`, attention projections split into `[heads, head_dim]`,
+scanned layers stacked on a leading `[num_layers]` axis. Everything here
+works on numpy arrays; torch is imported only to read `pytorch_model.bin`,
+with `weights_only=True`. `google` maps Google's checkpoints onto these names.
 """
 
 import dataclasses
@@ -51,13 +46,9 @@ _BUFFERS = ('embeddings.position_ids', 'embeddings.token_type_ids')
 def config_from_hf(hf_config: Mapping[str, Any]) -> model.BertConfig:
   """Reads a Hugging Face `config.json` (or Google `bert_config.json`).
 
-  Fields bertjax has no use for (`architectures`, `transformers_version`,
-  `pad_token_id`, `dtype`, label maps, ...) are ignored; fields that would
-  change what the network computes in ways bertjax does not implement are
-  rejected.
-
-  Raises:
-    model.ConfigError: not a BERT encoder, or an invalid configuration.
+  Fields bertjax has no use for (`architectures`, `pad_token_id`, `dtype`,
+  label maps, ...) are ignored; a model that is not a BERT encoder, or that
+  computes what bertjax does not implement, raises `model.ConfigError`.
   """
   model_type = hf_config.get('model_type', 'bert')
   if model_type != 'bert':
@@ -129,9 +120,7 @@ class _Tensor:
   # The encoder layer, whose slice of `path` it is when layers are scanned.
   layer: int | None = None
   head: str | None = None  # the optional head (of `HEADS`) it belongs to
-  # A PyTorch `nn.Linear` weight (`[out, in]`), transposed to our `[in, out]`
-  # kernel; otherwise only reshaped.
-  linear: bool = False
+  linear: bool = False  # an `nn.Linear` `[out, in]` weight: transposed
 
 
 def _tensors(
@@ -214,12 +203,8 @@ def _tensors(
 def _canonical_names(
   state_dict: Mapping[str, np.ndarray],
 ) -> tuple[dict[str, np.ndarray], Callable[[str], str]]:
-  """Renames a state dict to `BertForPreTraining` names.
-
-  Returns:
-    The renamed dict, and a function from a `BertForPreTraining` name to the
-    name the checkpoint uses (or would use) for it, for messages.
-  """
+  """Renames a state dict to `BertForPreTraining` names; also returns, for
+  messages, a function from such a name to the checkpoint's own."""
   prefixed = any(k.startswith('bert.') for k in state_dict)
   out, original = {}, {}
   for name, value in state_dict.items():
@@ -257,22 +242,16 @@ def params_from_hf(
 ) -> tuple[dict[str, Any], list[str]]:
   """Converts a Hugging Face BERT state dict to bertjax params.
 
-  Takes either naming (see the module docstring; LayerNorm `gamma`/`beta`
-  read as `weight`/`bias`) and checks every shape against `config`. The MLM
-  decoder weight, if present, must equal the word embeddings (bertjax ties
-  them). Tensors of other heads (a fine-tuned classifier, say) are ignored
-  with a warning; heads the checkpoint lacks are initialised from `rng`
-  (default key 0).
+  Takes either naming (LayerNorm `gamma`/`beta` read as `weight`/`bias`).
+  A missing encoder tensor, a shape that does not fit `config`, an MLM
+  decoder that differs from the word embeddings (bertjax ties them) or a
+  missing head of `require_heads` raises `model.WeightsError`; other missing
+  heads are initialised from `rng` (default key 0), and other heads'
+  tensors are ignored with a warning.
 
-  Returns:
-    `params` (the nested dict under `params` of `BertForPreTraining`, numpy
-    arrays of `config.param_dtype`, layers stacked when `config.scan_layers`)
-    and the paths of the heads that were missing and freshly initialised (a
-    subset of `HEADS`).
-
-  Raises:
-    model.WeightsError: a missing encoder tensor, part of a head, an untied
-      MLM decoder, or a tensor whose shape does not fit the config.
+  Returns the params of `BertForPreTraining` (numpy arrays of
+  `config.param_dtype`, layers stacked when `config.scan_layers`) and the
+  heads (of `HEADS`) that were missing and freshly initialised.
   """
   tensors, shown = _canonical_names(state_dict)
   # cls.predictions.decoder.bias is transformers' alias of
@@ -384,20 +363,12 @@ def params_to_hf(
   config: model.BertConfig,
   head: model.Head = model.PRETRAINING,
 ) -> dict[str, np.ndarray]:
-  """Converts bertjax params to the state dict of the transformers class of
-  `head` (`BertForPreTraining`, `BertForSequenceClassification`, ...).
+  """Converts bertjax params (of `config` and `head`, boxed or not) to the
+  state dict of the transformers class of `head`: tensor name -> contiguous
+  numpy array in `config.param_dtype`.
 
-  `params` are the full params of `config` and `head` (plain or
-  `nn.Partitioned`-boxed, layers stacked or not as `config.scan_layers`
-  says). The tied MLM decoder is not written: transformers ties
-  `cls.predictions.decoder.weight` to the word embeddings and
-  `cls.predictions.decoder.bias` to `cls.predictions.bias` when loading.
-
-  Returns:
-    Tensor name -> contiguous numpy array in `config.param_dtype`.
-
-  Raises:
-    model.WeightsError: a parameter is missing or does not fit the config.
+  The tied MLM decoder is not written: transformers ties it to the word
+  embeddings (and its bias to `cls.predictions.bias`) when loading.
   """
   params = nn.unbox(params)
   model.check_params(params, config, 'params', head)
@@ -417,17 +388,9 @@ def params_to_hf(
   return out
 
 
-# ---------------------------------------------------------------------------
-# Files.
-
-
 def read_json(path: str) -> dict[str, Any]:
-  """A JSON object from a file (a config, an index).
-
-  Raises:
-    FileNotFoundError: no such file.
-    model.WeightsError: not a JSON object.
-  """
+  """A JSON object from a file (a config, an index); `model.WeightsError`
+  when the file holds anything else."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path}: no such file')
   with open(path, encoding='utf-8') as f:
@@ -539,11 +502,8 @@ def read_state_dict(model_dir: str) -> dict[str, np.ndarray]:
 
 def read_config(path: str) -> model.BertConfig:
   """The BertConfig of a JSON config file (HF `config.json` or Google
-  `bert_config.json`), or of a directory's `config.json`.
-
-  Raises:
-    model.ConfigError: naming the file.
-  """
+  `bert_config.json`), or of a directory's `config.json`; errors name the
+  file."""
   if os.path.isdir(path):
     path = os.path.join(path, CONFIG_FILE)
   try:

@@ -1,14 +1,10 @@
 """Scores of fine-tuned predictions against gold labels, on the host.
 
-Classification: accuracy, F1 (of class 1 for two classes, macro-averaged
-otherwise, as GLUE reports MRPC/QQP and multi-class tasks), Matthews
-correlation (CoLA's metric; multi-class by Gorodkin's R_K). Regression:
-Pearson and Spearman correlation (STS-B's), mean squared error. Tagging:
-entity-level precision, recall and F1 with seqeval's default semantics
-(conlleval: an `I-X` after `O` or after another type starts an entity; the
-IOB1, IOB2 and IOBES prefixes are understood), plus token accuracy.
-Extractive QA: SQuAD's exact match and F1 with its official answer
-normalisation, split into answerable and unanswerable questions for v2.0.
+Classification: accuracy, F1 and Matthews correlation, as GLUE reports
+them. Regression: Pearson and Spearman correlation, mean squared error.
+Tagging: entity-level precision, recall and F1 with seqeval's default
+(conlleval) semantics, for IOB1, IOB2 and IOBES tags, plus token accuracy.
+Extractive QA: SQuAD v2.0's official exact match and F1.
 """
 
 import collections

@@ -1,28 +1,17 @@
 """The BERT encoder and its output layers, as Flax modules.
 
-This module owns the network only: `BertConfig` (BERT's own field names, a
-frozen dataclass), the named size presets, the encoder `BertModel`
-(embeddings, post-LN Transformer encoder, pooler) and the output layers on
-it, named by a `Head`: `BertForPreTraining` (the masked-LM head, tied to the
-word embeddings, and the next-sentence head) and the fine-tuning heads
-`BertForSequenceClassification` (also regression),
-`BertForTokenClassification` and `BertForQuestionAnswering`, laid out as
-transformers' classes of those names so that weights map one to one. It
-imports nothing from training, data or checkpointing and never sees a mesh:
-parameters carry logical axis names (`sharding.py` maps them onto mesh axes)
-and activations are constrained by logical names at block boundaries, which
-is a no-op unless the caller installs axis rules.
+Owns the network only: `BertConfig`, the size presets, the encoder
+`BertModel` and the output layers a `Head` names (`BertForPreTraining`, with
+the MLM head tied to the word embeddings, and the fine-tuning heads), laid
+out as transformers' classes of the same names so that weights map one to
+one. It never sees a mesh: parameters and activations carry logical axis
+names, which `sharding.py` maps onto mesh axes.
 
-Semantics follow google-research/bert `modeling.py` (and transformers'
-`BertForPreTraining`, which follows it): exact-erf GELU, LayerNorm after each
-residual, an additive padding mask, the MLM head evaluated only at
-`masked_lm_positions`.
-
-Mixed precision: with `dtype='bfloat16'`, matmul inputs are bfloat16 and every
-matmul accumulates in float32 (`preferred_element_type`); the dense layers'
-and the decoder's gradient matmuls take bfloat16 operands too (`matmul`).
-Softmax, LayerNorm statistics and the MLM/NSP logits are float32. Parameters
-and their gradients stay `param_dtype`.
+Semantics follow google-research/bert `modeling.py`: exact-erf GELU, post-LN,
+an additive padding mask, MLM logits only at `masked_lm_positions`. With
+`dtype='bfloat16'`, matmuls (and their gradients, see `matmul`) take bfloat16
+inputs and accumulate in float32; softmax, LayerNorm statistics and logits
+are float32; parameters and their gradients stay `param_dtype`.
 """
 
 import dataclasses
@@ -69,9 +58,8 @@ _REMAT_POLICIES: dict[str, Any] = {
   'none': None,
   # Save nothing, recompute the whole layer in the backward pass.
   'full': jax.checkpoint_policies.nothing_saveable,
-  # Save matmul outputs, recompute the cheap elementwise ops. `matmul`'s
-  # products are inside a custom VJP, where the dot policies do not see
-  # them, so they are saved by name.
+  # Save matmul outputs, recompute elementwise ops. `matmul`'s products are
+  # saved by name: the dot policies do not see inside its custom VJP.
   'dots': jax.checkpoint_policies.save_from_both_policies(
     jax.checkpoint_policies.checkpoint_dots,
     jax.checkpoint_policies.save_only_these_names('matmul'),
@@ -94,8 +82,8 @@ class ConfigError(ValueError):
 
 
 class WeightsError(ValueError):
-  """Weights that cannot be the params of a model: unreadable, incomplete,
-  or shaped for another config."""
+  """Weights that cannot be a model's params: unreadable, incomplete, or
+  shaped for another config."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,8 +109,7 @@ class BertConfig:
   # time does not grow with depth.
   scan_layers: bool = True
   remat_policy: str = 'none'  # per layer: none | full | dots | dots_no_batch
-  # auto | xla | cudnn | splash: see `attention`.
-  attention: str = 'auto'
+  attention: str = 'auto'  # auto | xla | cudnn | splash: see `attention`
 
   # Fields that fix the parameters' shapes: a checkpoint's config decides
   # them, a run cannot override them.
@@ -135,9 +122,8 @@ class BertConfig:
     'max_position_embeddings',
     'type_vocab_size',
   )
-  # Fields that say how bertjax runs or stores a model, not what it computes
-  # from given weights; no other BERT config file has them (HF's own `dtype`
-  # is the storage dtype of its tensors).
+  # How bertjax runs or stores a model, not what it computes; no other BERT
+  # config file has them (HF's own `dtype` is its tensors' storage dtype).
   BERTJAX_FIELDS: ClassVar[tuple[str, ...]] = (
     'dtype',
     'param_dtype',
@@ -258,9 +244,8 @@ def _constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
 
 
 def matmul(spec: str, a: jax.Array, b: jax.Array, dtype) -> jax.Array:
-  """`jnp.einsum(spec, a, b)` on inputs cast to `dtype`, accumulated and
-  returned in float32, and differentiated the same way: the cotangent is cast
-  to `dtype` before both gradient matmuls.
+  """`jnp.einsum(spec, a, b)` of inputs cast to `dtype`, accumulated and
+  returned in float32; its gradients cast the cotangent to `dtype` too.
 
   Autodiff of `einsum(..., preferred_element_type=float32)` would multiply the
   float32 cotangent by a bfloat16 operand, which XLA computes as a float32
@@ -302,13 +287,9 @@ _matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 class Dense(nn.Module):
-  """A dense layer over the trailing `in_dims` axes with logical axis names.
-
-  Accumulates in float32 (faster on CPU than a bfloat16 result, and native
-  to TPU/GPU matrix units) and adds the bias, and applies the activation
-  if asked, before casting back: in float32, GELU is both exact and faster on
-  CPU.
-  """
+  """A dense layer over the trailing `in_dims` axes with logical axis names;
+  bias and activation apply to the float32 sum, before the cast to the
+  compute dtype (in float32, GELU is both exact and faster on CPU)."""
 
   config: BertConfig  # dtypes and the initializer range
   features: int | tuple[int, ...]  # a width, or widths of a multi-axis output
@@ -316,9 +297,7 @@ class Dense(nn.Module):
   # takes the output names.
   axes: tuple[str, ...]
   in_dims: int = 1
-  # Whether to apply `config.hidden_act` to the float32 sum, before the
-  # cast to the compute dtype.
-  activate: bool = False
+  activate: bool = False  # apply `config.hidden_act`
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -380,11 +359,10 @@ def _layer_norm(config: BertConfig, name) -> nn.LayerNorm:
 
 def _lookup(embed: nn.Embed, ids: jax.Array, row_axis: str | None):
   """`embed`'s rows at `ids` `[batch, seq_len]`, `[batch, seq_len,
-  features]`, from its table gathered over `fsdp` and split on `row_axis`
-  only: each shard of the rows gathers the ids it holds and an all-reduce
-  adds them up. Left to itself, XLA splits the result on the features as
-  the table is, and then cannot move it onto the batch without gathering
-  it whole on every step ("involuntary full rematerialization")."""
+  features]`, from its table split on `row_axis` only: each shard gathers
+  the ids it holds and an all-reduce adds them up. Left alone, XLA splits
+  the result on the features, as the table is, and must then gather it
+  whole on every step ("involuntary full rematerialization")."""
   table = _constrain(embed.embedding, (row_axis, None))
   rows = jnp.take(table, ids, axis=0).astype(embed.dtype)
   return _constrain(
@@ -465,12 +443,9 @@ def resolve_attention(
   """The implementation `config.attention` means here: xla, cudnn or splash.
 
   The fused kernels have no dropout on attention probabilities, so `auto`
-  picks them only when there is none (inference, or a recipe with
-  `attention_probs_dropout_prob=0`), and only in 16-bit compute: cuDNN on
-  GPUs, splash on TPUs when `seq_len` is a multiple of its 128-wide blocks.
-
-  Raises:
-    ConfigError: a fused implementation asked for where it cannot run.
+  picks them only without it, and in 16-bit compute: cuDNN on GPUs, splash
+  on TPUs when `seq_len` is a multiple of 128. Asking for a fused one where
+  it cannot run raises `ConfigError`.
   """
   dropout = config.attention_probs_dropout_prob > 0 and not deterministic
   if config.attention == 'auto':
@@ -595,20 +570,14 @@ def attention(
 ) -> jax.Array:
   """Scaled dot-product attention, bidirectional, one of three ways.
 
-  `xla` is the reference (einsums and a float32 softmax, the only one with
-  dropout on the probabilities); `cudnn` is `jax.nn.dot_product_attention`'s
-  cuDNN flash attention (NVIDIA GPUs); `splash` is Pallas' splash attention
-  (TPUs). They agree within bf16 rounding.
+  `xla` is the reference (einsums and a float32 softmax, the only one that
+  applies `dropout` to the probabilities); `cudnn` is cuDNN flash attention
+  (NVIDIA GPUs); `splash` is Pallas' splash attention (TPUs). They agree
+  within bf16 rounding.
 
-  Args:
-    q, k, v: `[batch, seq_len, heads, head_dim]` in the compute dtype.
-    segments: int `[batch, seq_len]`, see `attention_mask`.
-    packed: whether rows hold several examples.
-    implementation: xla | cudnn | splash (`resolve_attention`).
-    dropout: applied to the probabilities (xla only).
-
-  Returns:
-    The context `[batch, seq_len, heads, head_dim]` in q's dtype.
+  q, k, v: `[batch, seq_len, heads, head_dim]` in the compute dtype;
+  `segments`: int `[batch, seq_len]`, see `attention_mask`. Returns the
+  context `[batch, seq_len, heads, head_dim]` in q's dtype.
   """
   if implementation == 'splash':
     q = (q / math.sqrt(q.shape[-1])).astype(k.dtype)
@@ -655,10 +624,8 @@ class BertSelfAttention(nn.Module):
   def __call__(
     self, x: jax.Array, segments: jax.Array, deterministic: bool
   ) -> jax.Array:
-    """`[batch, seq_len, hidden_size]` -> the same shape, before the residual.
-
-    `segments` is int `[batch, seq_len]`, see `attention_mask`.
-    """
+    """`[batch, seq_len, hidden_size]` -> the same shape, before the
+    residual; `segments` as in `attention_mask`."""
     c = self.config
     qkv_shape = (c.num_attention_heads, c.head_dim)
     qkv_axes = (EMBED, HEADS, KV)
@@ -696,9 +663,8 @@ class BertLayer(nn.Module):
   def __call__(
     self, x: jax.Array, segments: jax.Array, deterministic: bool
   ) -> tuple[jax.Array, None]:
-    """`[batch, seq_len, hidden_size]` -> (the same shape, None), the
-    (carry, output) pair that `nn.scan` expects; `segments` as in
-    `attention_mask`."""
+    """`[batch, seq_len, hidden_size]` -> (the same shape, None), as
+    `nn.scan` expects; `segments` as in `attention_mask`."""
     c = self.config
     dropout = nn.Dropout(rate=c.hidden_dropout_prob)
     attn = BertSelfAttention(c, self.packed, name='attention')(
@@ -762,11 +728,8 @@ class BertEncoder(nn.Module):
 
 
 def packed_positions(example_ids: jax.Array) -> jax.Array:
-  """Position ids that restart at each example of a packed row.
-
-  `example_ids` int `[batch, seq_len]` numbers each token's example (1, 2,
-  ...; 0 at padding), examples contiguous; returns int32 `[batch, seq_len]`.
-  """
+  """int32 `[batch, seq_len]` position ids that restart at each example of
+  a packed row; `example_ids` as in `BertModel`, examples contiguous."""
   index = jnp.arange(example_ids.shape[-1], dtype=jnp.int32)
   starts = jnp.concatenate(
     [
@@ -805,23 +768,17 @@ class BertModel(nn.Module):
   ) -> tuple[jax.Array, jax.Array]:
     """Encodes a batch.
 
-    Args:
-      input_ids: int `[batch, seq_len]`.
-      input_mask: 0/1 `[batch, seq_len]`, 1 at real tokens (default all 1).
-      segment_ids: int `[batch, seq_len]` (default all 0).
-      deterministic: disables dropout (needs a 'dropout' rng when False).
-      example_ids: for packed rows, int `[batch, seq_len]` numbering each
-        token's example (1, 2, ...; 0 at padding): attention stays within
-        an example and positions restart at each. None: a row is one
-        example.
-      cls_positions: for packed rows, int `[batch, examples]`: the
-        `[CLS]` of each example, which the pooler reads.
+    `input_ids`, `input_mask` (1 at real tokens; default all 1) and
+    `segment_ids` (default all 0) are int `[batch, seq_len]`;
+    `deterministic=False` needs a 'dropout' rng. Packed rows also give
+    `example_ids` int `[batch, seq_len]`, each token's example (1, 2, ...;
+    0 at padding), so attention stays within an example and positions
+    restart at each, and `cls_positions` int `[batch, examples]`, each
+    example's `[CLS]`, which the pooler reads.
 
-    Returns:
-      sequence_output `[batch, seq_len, hidden_size]` and pooled_output
-      `[batch, hidden_size]` (dense + tanh of the `[CLS]` state; `[batch,
-      examples, hidden_size]` with `cls_positions`; None without a pooler),
-      both in the compute dtype.
+    Returns sequence_output `[batch, seq_len, hidden_size]` and the tanh
+    pooled_output `[batch, hidden_size]` (`[batch, examples, hidden_size]`
+    with `cls_positions`; None without a pooler), in the compute dtype.
     """
     seq_len = input_ids.shape[-1]
     if seq_len > self.config.max_position_embeddings:
@@ -865,16 +822,10 @@ class MaskedLmHead(nn.Module):
     masked_lm_positions: jax.Array,
     attend: Callable[[jax.Array], jax.Array],
   ) -> jax.Array:
-    """Scores the vocabulary at the masked positions only.
-
-    Args:
-      sequence_output: `[batch, seq_len, hidden_size]`.
-      masked_lm_positions: int `[batch, max_predictions]`.
-      attend: the tied decoder (`BertModel.attend`).
-
-    Returns:
-      float32 logits `[batch, max_predictions, vocab_size]`.
-    """
+    """float32 logits `[batch, max_predictions, vocab_size]` at the masked
+    positions only, from `sequence_output` `[batch, seq_len, hidden_size]`,
+    int `masked_lm_positions` `[batch, max_predictions]` and the tied decoder
+    `attend` (`BertModel.attend`)."""
     c = self.config
     x = jnp.take_along_axis(
       sequence_output, masked_lm_positions[..., None].astype(jnp.int32), axis=1
@@ -911,20 +862,14 @@ class BertForPreTraining(nn.Module):
     example_ids: jax.Array | None = None,
     cls_positions: jax.Array | None = None,
   ) -> dict[str, jax.Array]:
-    """Runs the encoder and both heads.
+    """Runs the encoder (inputs as `BertModel`) and both heads.
 
-    Args:
-      input_ids, input_mask, segment_ids, deterministic, example_ids,
-        cls_positions: as `BertModel`.
-      masked_lm_positions: int `[batch, max_predictions]`; None scores every
-        position (slow with a large vocabulary: only for inspection).
-
-    Returns:
-      dict with `sequence_output` `[batch, seq_len, hidden]`, `pooled_output`
-      `[batch, hidden]`, float32 `mlm_logits` `[batch, max_predictions,
-      vocab]` and float32 `nsp_logits` `[batch, 2]` (0 = IsNext); with
-      `cls_positions`, pooled and NSP outputs have an `examples` axis after
-      the batch's.
+    `masked_lm_positions` is int `[batch, max_predictions]`; None scores
+    every position (slow with a large vocabulary: only for inspection).
+    Returns `sequence_output` `[batch, seq_len, hidden]`, `pooled_output`
+    `[batch, hidden]`, float32 `mlm_logits` `[batch, max_predictions,
+    vocab]` and float32 `nsp_logits` `[batch, 2]` (0 = IsNext); with
+    `cls_positions`, pooled and NSP outputs have an `examples` axis second.
     """
     sequence_output, pooled_output = self.bert(
       input_ids,
@@ -1005,8 +950,7 @@ class BertForTokenClassification(_FineTuned):
 
 class BertForQuestionAnswering(_FineTuned):
   """Every token's final state -> dense to 2: `start_logits` and
-  `end_logits`, each `[batch, seq_len]`, the answer's start and end
-  scores."""
+  `end_logits`, each `[batch, seq_len]`, the answer's boundary scores."""
 
   num_labels: int = 2  # start and end; a Head's field, fixed here
 
@@ -1066,16 +1010,11 @@ def create_model(config: BertConfig, head: Head = PRETRAINING) -> nn.Module:
 def init_params(
   config: BertConfig, rng: jax.Array, head: Head = PRETRAINING
 ) -> dict[str, Any]:
-  """Freshly initialised parameters of `create_model(config, head)`.
-
-  The one place parameters are born: a training state, the shapes a
-  checkpoint is checked against and the heads a checkpoint lacks all come
-  from here, so they agree by construction.
-
-  Returns:
-    The `params` collection, every leaf boxed in `nn.Partitioned` with its
-    logical axis names (`nn.unbox` drops them).
-  """
+  """Freshly initialised `params` of `create_model(config, head)`, every
+  leaf boxed in `nn.Partitioned` with its logical axis names (`nn.unbox`
+  drops them). The one place parameters are born: train states, the shapes
+  checkpoints are checked against and missing heads all come from here, so
+  they agree by construction."""
   ids = jnp.zeros((1, 1), jnp.int32)
   module = create_model(config, head)
   if head.kind == 'pretraining':
@@ -1095,8 +1034,7 @@ def flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
 def param_shapes(
   config: BertConfig, head: Head = PRETRAINING
 ) -> dict[str, tuple[int, ...]]:
-  """The shape of every parameter `config` (and `head`) implies, with no
-  compute."""
+  """The shape of every parameter of `config` and `head`, computing none."""
   # Bound, not passed: eval_shape would take the config (it has a `dtype`)
   # for an array.
   init = functools.partial(init_params, config, head=head)
@@ -1110,12 +1048,9 @@ def check_shapes(
   kind: str = 'parameter',
 ) -> None:
   """Checks `given` name -> shape (a tuple or anything with `.shape`)
-  against the shapes a config implies; `source` and `kind` name what `given`
-  came from and holds, for the message.
-
-  Raises:
-    WeightsError: naming the first missing, misshapen or unexpected entry.
-  """
+  against `expected`; raises `WeightsError` naming the first missing,
+  misshapen or unexpected entry (`source` and `kind` say what `given` came
+  from and holds)."""
 
   def shape(x):
     return tuple(getattr(x, 'shape', x))

@@ -3,12 +3,10 @@ r"""Command line: a fine-tuned model's predictions on new data.
   python -m bertjax.predict --model=WORKDIR --input=FILE --output=OUT.jsonl \
     [--batch_size=N]
 
-`--model` is a `bertjax.finetune` workdir (its best params) or one step in
-its `best/` or `checkpoints/`. `--input` is a file of the run's format and
-columns (CSV, TSV or JSONL with the text column, and the pair column for
-pair tasks; a CoNLL-style file of words for tagging, tags optional; SQuAD
-JSON for QA); labels in it are ignored. Each output line is one JSON
-object, in input order:
+`--model` is a `bertjax.finetune` workdir (its best params) or one of its
+steps. `--input` has the run's format and columns (CSV, TSV or JSONL; CoNLL
+words for tagging; SQuAD JSON for QA); labels in it are ignored. Each
+output line is one JSON object, in input order:
 
   classification  {"label": "fresh", "probabilities": {"fresh": 0.91, ...}}
   regression      {"score": 3.7}

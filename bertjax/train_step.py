@@ -1,16 +1,12 @@
 """The training step: optimizer, train state, objective, loss, and FLOPs.
 
-Owns what a step computes, with nothing of the run around it: the optimizer
-and its schedule, the sharded train state, the pretraining objective and
-its loss, the pure `train_step` and `eval_step`, and the model FLOPs that
-MFU is measured against. It imports neither TensorFlow nor the config
-library, so the step runs, and is benchmarked, on a bare accelerator image
-with only JAX, Flax and optax (`benchmarks/train_step.py`).
+What a step computes, with nothing of the run around it. It imports neither
+TensorFlow nor the config library, so the step runs (and is benchmarked,
+`benchmarks/train_step.py`) on a bare image with only JAX, Flax and optax.
 
 Loss: weighted-mean MLM cross-entropy over `masked_lm_weights` plus mean NSP
-cross-entropy. With gradient accumulation each micro-batch's sums are
-divided by the whole batch's denominators, so the accumulated gradient is
-the big batch's gradient (up to float summation order).
+cross-entropy. Each micro-batch's sums are divided by the whole batch's
+denominators, so accumulated gradients are the whole batch's.
 """
 
 import dataclasses
@@ -33,9 +29,6 @@ Batch = Mapping[str, Any]
 class OptimizerError(ValueError):
   """An optimizer or learning-rate schedule a run cannot use."""
 
-
-# ---------------------------------------------------------------------------
-# Optimizer.
 
 # Parameter names that never get weight decay: BERT excludes LayerNorm and
 # every bias ("LayerNorm", "layer_norm", "bias" in the original's regex).
@@ -62,9 +55,6 @@ def create_optimizer(
   `end_learning_rate` over `decay_steps` (default: the run's steps); AdamW
   or LAMB with weight decay masked off LayerNorm parameters and biases (as
   in google-research/bert `optimization.py`); global-norm clipping first.
-
-  Raises:
-    OptimizerError: an unknown optimizer or a bad schedule.
   """
   o = config.optim
   total = int(o.decay_steps or config.num_train_steps)
@@ -103,10 +93,6 @@ def create_optimizer(
   if o.grad_clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
   return tx, schedule
-
-
-# ---------------------------------------------------------------------------
-# State and steps.
 
 
 def get_batch_shapes(
@@ -151,11 +137,9 @@ def abstract_train_state(
   mesh: jax.sharding.Mesh,
   rules: sharding.Rules,
 ) -> TrainState:
-  """The train state as sharded `ShapeDtypeStruct`s, with no memory touched.
-
-  What `jax.jit(train_step).lower(...)` needs to compile the step ahead of
-  time for a mesh (for instance a TPU topology described on a CPU host).
-  """
+  """The train state as sharded `ShapeDtypeStruct`s, with no memory touched:
+  what `jax.jit(train_step).lower(...)` needs to compile the step ahead of
+  time for a mesh (a TPU topology described on a CPU host, say)."""
   abstract = jax.eval_shape(_init_state_fn(module, tx), jax.random.key(0))
   return jax.tree.map(
     lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -172,11 +156,9 @@ def create_train_state(
   rng: jax.Array,
   init_params: Any = None,
 ) -> tuple[TrainState, Any]:
-  """A train state born sharded over the mesh, and its NamedSharding tree.
-
-  `init_params`, optional pretrained (unboxed) params of the model's shapes,
-  replace the fresh ones initialised from `rng`.
-  """
+  """A train state born sharded over the mesh, and its NamedSharding tree;
+  `init_params` (unboxed, of the model's shapes) replace the fresh params
+  initialised from `rng`."""
   init = _init_state_fn(module, tx)
   if init_params is None:
     return sharding.create_sharded(init, mesh, rules, rng)
@@ -199,18 +181,13 @@ def compute_loss_sums(
 ) -> dict[str, jax.Array]:
   """Sums and counts of the losses and accuracies of one (micro-)batch.
 
-  Args:
-    logits: `mlm_logits` float32 `[b, p, vocab]`, `nsp_logits` `[b, 2]`
-      (packed rows: `[b, n, 2]`, one per example).
-    batch: with `masked_lm_ids` `[b, p]`, `masked_lm_weights` `[b, p]`,
-      `next_sentence_labels` `[b]` and optionally `example_mask` `[b]`
-      (rows that count); packed rows have `next_sentence_labels` and
-      `next_sentence_weights` `[b, n]` (1 at the row's real examples).
-    use_nsp: whether NSP counts.
-
-  Returns:
-    float32 scalars: mlm_loss_sum, mlm_weight, mlm_correct, and with NSP
-    nsp_loss_sum, nsp_correct, nsp_count.
+  `logits`: `mlm_logits` float32 `[b, p, vocab]`, `nsp_logits` `[b, 2]`
+  (packed rows: `[b, n, 2]`). `batch`: `masked_lm_ids` and
+  `masked_lm_weights` `[b, p]`, `next_sentence_labels` `[b]` (packed:
+  `[b, n]`, with `next_sentence_weights` `[b, n]`, 1 at real examples) and
+  optionally `example_mask` `[b]`, the rows that count. Returns float32
+  scalars `mlm_loss_sum`, `mlm_weight`, `mlm_correct` and, with `use_nsp`,
+  `nsp_loss_sum`, `nsp_correct`, `nsp_count`.
   """
   labels = batch['next_sentence_labels']
   example = batch.get('example_mask')
@@ -241,10 +218,8 @@ def compute_loss_sums(
 class Objective(Protocol):
   """What a run trains and measures; `train_step` and `fit` take any.
 
-  `sums` are additive over examples (sums and counts), so micro-batches and
-  eval batches add up; `loss` divides a (micro-)batch's sums by the whole
-  batch's denominators, so accumulated micro-batch gradients are the whole
-  batch's gradient.
+  `sums` are additive over examples, so micro-batches and eval batches add
+  up; `loss` divides them by the whole batch's denominators.
   """
 
   module: nn.Module
@@ -317,23 +292,15 @@ def train_step(
   micro_batches: int,
   nan_policy: str,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer step on a global batch.
+  """One optimizer step on a global batch `[global_batch, ...]` (for
+  pretraining, see `get_batch_shapes`): (new state, metric sums and scalars).
 
-  Args:
-    state: the train state.
-    batch: global arrays `[global_batch, ...]` (for pretraining, see
-      `get_batch_shapes`); `input_mask` counts the tokens.
-    rng: base key; the step is folded in so every step drops out afresh and
-      a resumed run repeats the same randomness.
-    objective, schedule: bound with functools.partial, not traced; the
-      schedule gives the learning-rate metric.
-    micro_batches: sequential micro-batches (gradient accumulation).
-    nan_policy: 'stop' applies the update regardless (the host stops
-      before saving it); 'skip' keeps the old state when the step is not
-      finite: its loss, gradients or updated params.
-
-  Returns:
-    (new state, metric sums and scalars).
+  The step is folded into `rng`, so a resumed run repeats the same
+  randomness. `objective` and `schedule` are bound with functools.partial,
+  not traced; `micro_batches` run in sequence (gradient accumulation).
+  `nan_policy` 'stop' applies the update regardless (the host stops before
+  saving it); 'skip' keeps the old state when the loss, gradients or updated
+  params are not finite.
   """
   step_rng = jax.random.fold_in(rng, state.step)
 
@@ -443,12 +410,8 @@ def summarize(sums: Mapping[str, float], prefix: str) -> dict[str, float]:
   return {k: float(v) for k, v in out.items()}
 
 
-# ---------------------------------------------------------------------------
-# Model FLOPs utilisation.
-
-# Dense bf16 peak FLOP/s per device, from the vendors' data sheets. Keys are
-# matched as substrings of `jax.Device.device_kind` (lower-cased), longest
-# first.
+# Dense bf16 peak FLOP/s per device (data sheets); keys are matched, longest
+# first, as substrings of the lower-cased `jax.Device.device_kind`.
 PEAK_FLOPS_PER_DEVICE = {
   'tpu v2': 45e12,
   'tpu v3': 123e12,
@@ -485,16 +448,10 @@ def get_peak_flops_per_device(device_kind: str, override: float = 0.0) -> float:
 def get_train_flops_per_example(
   config: model.BertConfig, seq_len: int, num_masked: int, nsp: bool = True
 ) -> float:
-  """Matmul FLOPs of one training example, forward and backward.
-
-  Matmuls only, 2 per multiply-add, as MFU conventionally counts: the
-  bidirectional attention in full (no causal halving) and the MLM decoder
-  only at the masked positions, as the model computes it. Training is 3x
-  the forward pass.
-
-  `seq_len` includes padding (it is computed); `num_masked` is
-  max_predictions_per_seq.
-  """
+  """Matmul FLOPs of one training example, forward and backward (3x the
+  forward), 2 per multiply-add as MFU counts them: attention in full (no
+  causal halving), the MLM decoder only at the `num_masked` positions.
+  `seq_len` includes padding, which is computed too."""
   h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
   per_token_layer = (
     2 * 4 * h * h  # query, key, value and output projections

@@ -1,37 +1,25 @@
 """What a training run keeps in its workdir, and how it resumes from it.
 
-A workdir holds
-
-  checkpoints/<step>/   Orbax steps: `state` (the train state), `data` (each
-                        process's input-iterator position) and `meta` (the
-                        run's config, the model config, the tokenizer path;
-                        for fine-tuning, the head and the task's labels)
-  best/<step>/          fine-tuning only: the params of the best evaluation
-                        so far (`state` holds `{'params': ...}`) and `meta`
-                        with its metrics; the workdir's model wherever
-                        bertjax takes one
-  damaged/<step>/       steps that did not restore, set aside (kept)
-  tokenizer/            the run's vocabulary or SentencePiece model, copied
-                        in, so the workdir is a model on its own
-  metrics.jsonl         one JSON object per metric write: `step` and names
+  checkpoints/<step>/   Orbax steps: `state`, `data` (each process's input
+                        position) and `meta` (run config, model config,
+                        tokenizer; for fine-tuning, head and task labels)
+  best/<step>/          fine-tuning only: `state` holds the best evaluation's
+                        `{'params': ...}`, `meta` its metrics; the workdir's
+                        model wherever bertjax takes one
+  damaged/<step>/       steps that did not restore, set aside
+  tokenizer/            the run's vocabulary or SentencePiece model, copied in
+  metrics.jsonl         one JSON object per metric write
   .lock                 held by the run using the workdir (`claim`)
   tb/                   the same metrics as TensorBoard event files
   learning_curves.png   drawn at the end of a run
 
-This module owns a run's claim on its workdir (`claim`: one run at a time),
-the Orbax `CheckpointManager` of a run (`Checkpointer`:
-asynchronous saves, the newest `keep` steps kept, restore onto the abstract
-sharded state, so a run may resume on another mesh), SIGTERM handling
-(`Preemption`), reading one step's params as a model (a workdir is a model
-wherever bertjax takes one: `bertjax.pretrained`), and the metric files
-(written through clu's metric writers) and their plot.
+Owns the run's lock (`claim`), its checkpoints (`Checkpointer`), SIGTERM
+handling (`Preemption`), reading a step as a model, and the metric files.
 
-Orbax writes each step into a temporary directory and commits it by
-renaming (or a commit marker on GCS), so a step interrupted mid-write is
-never listed or restored: a run falls back to the last complete step. A
-step damaged after its commit (a torn or deleted file) is skipped too, by
-the run and by every model loader, with a warning naming it. Paths
-go through `etils.epath`, so `gs://` workdirs work like local ones.
+Orbax commits a step by renaming its temporary directory (a commit marker
+on GCS), so a run falls back to the last complete step; a step damaged
+after its commit is skipped, with a warning, by the run and by every model
+loader. Paths go through `etils.epath`, so `gs://` workdirs work too.
 """
 
 import contextlib
@@ -82,15 +70,10 @@ def _absolute(path: str) -> epath.Path:
 def claim(path: str) -> Iterator[str]:
   """A run's hold on its workdir, for the length of the block.
 
-  Yields the workdir's absolute path (Orbax refuses relative ones, and the
-  run must not depend on the current directory), after creating it and
-  checking it can be written, with its lock held by process 0: a second
-  run on the same workdir fails here, before it reads or writes anything,
-  instead of interleaving metrics and rotating away the other's
-  checkpoints. Every process of a multi-process run learns the outcome.
-
-  Raises:
-    WorkdirError: not writable, or in use by a live process.
+  Creates the workdir, checks it can be written and takes its lock (process
+  0), then yields its absolute path (Orbax refuses relative ones). A second
+  run on the same workdir fails here with `WorkdirError`, before it reads or
+  writes anything; every process learns the outcome.
   """
   path = files.resolve(path)
   directory = epath.Path(path)
@@ -120,21 +103,14 @@ def claim(path: str) -> Iterator[str]:
     lock.release()
 
 
-# ---------------------------------------------------------------------------
-# Checkpoints.
-
-
 class _DataIteratorHandler(ocp.CheckpointHandler):
   """Saves each process's input-iterator state inside the Orbax step.
 
-  Every process writes its own `process_<i>/` files into the step's
-  directory before Orbax commits the step (atomically, with the train
-  state), so a step on disk always has the data position that matches its
-  parameters. The iterator is anything with `save(prefix)` and
-  `restore(prefix)`, such as `data_pipeline.pipeline.Iterator`. A process
-  with no state of its own (the run was saved with fewer processes) is
-  handed process 0's: an iterator whose state is global (the pipeline's
-  `host_sharding='batch'`) resumes from it, others refuse it.
+  Each process writes `process_<i>/` into the step before Orbax commits it,
+  so a step's data position always matches its parameters. The iterator
+  has `save(prefix)` and `restore(prefix)`. A process with no state of its
+  own (saved with fewer processes) gets process 0's, which an iterator with
+  global state (`host_sharding='batch'`) resumes from and others refuse.
   """
 
   def _prefix(self, directory, process: int) -> epath.Path:
@@ -235,8 +211,7 @@ class Checkpointer:
   """Orbax checkpoints of a training run: state, input position, config.
 
   A save that fails (here, or in the background: a full disk) raises
-  `CheckpointError` naming the step and the cause at the next call; the
-  steps already saved are kept.
+  `CheckpointError` at the next call; the steps saved before it are kept.
   """
 
   def __init__(
@@ -246,12 +221,11 @@ class Checkpointer:
     meta: Mapping[str, Any],
     keep_best: bool = False,
   ):
-    """Opens (and creates) `<workdir>/checkpoints`, keeping the newest `keep`
-    steps, and with `keep_best` `<workdir>/best` (see `save_best`). `meta`
-    holds JSON-ready facts saved with every step: `config` (the run's),
-    `model` (`BertConfig.to_dict()`), `tokenizer` (its path) and, for a
-    fine-tuned head, `head` and `task`; they make a step usable as a
-    model."""
+    """Opens `<workdir>/checkpoints`, keeping the newest `keep` steps, and
+    with `keep_best` `<workdir>/best` (see `save_best`). `meta`, saved with
+    every step to make it usable as a model, is JSON-ready: `config`,
+    `model` (`BertConfig.to_dict()`), `tokenizer` and for fine-tuning
+    `head` and `task`."""
     options = ocp.CheckpointManagerOptions(
       max_to_keep=keep,
       create=True,
@@ -357,20 +331,15 @@ class Checkpointer:
     data_iterator: Any,
     mismatch: tuple[type[Exception], ...] = (),
   ) -> tuple[Any, int]:
-    """Restores the newest step that restores onto a freshly created
-    `state`'s shapes, dtypes and shardings, and `data_iterator` in place;
-    returns (state, step), or (the given state, 0) when there is no
-    checkpoint.
+    """Restores the newest step that restores onto a fresh `state`'s
+    shapes, dtypes and shardings, and `data_iterator` in place: (state,
+    step), or (the given state, 0) when there is no checkpoint.
 
     A damaged step (a torn or missing file, an empty directory) is skipped
     with a warning and moved to `<workdir>/damaged/`, never deleted, so the
-    run continues from the step before it and can save its steps again.
-    Errors of the `mismatch` types (the data is not the run's) are not
-    damage and are raised at once.
-
-    Raises:
-      CheckpointError: there are steps but none restores (each one's
-        reason is named).
+    run can save its steps again. Errors of the `mismatch` types (the data
+    is not the run's) are raised at once; when no step restores, a
+    `CheckpointError` names each one's reason.
     """
     steps = sorted(self._manager.all_steps(), reverse=True)
     target = jax.tree.map(
@@ -446,17 +415,14 @@ class Checkpointer:
 
 
 class Preemption:
-  """Turns SIGTERM (what Cloud TPU and SLURM send before they take a machine
-  back, and `launch.tpu_vm stop`) into a decision the loop asks for after
-  each step: save and stop.
+  """Turns SIGTERM (from Cloud TPU, SLURM or `launch.tpu_vm stop`, before
+  they take a machine back) into a save and stop after the current step.
 
-  One process: this object's handler sets a flag. Several: the signal may
-  reach one process, or each at another step, and a process that stopped
-  to save alone would leave the others waiting in the next step's
-  collectives for ever. JAX's preemption service (started by
-  `jax.distributed.initialize`, which then holds SIGTERM) tells every
-  process about a SIGTERM any of them got and picks one step for all to
-  stop after.
+  With several processes the signal may reach one, or each at another step,
+  and a process that stopped alone would leave the others waiting in
+  collectives for ever: JAX's preemption service (started by
+  `jax.distributed.initialize`, which then holds SIGTERM) picks one step
+  for all to stop after.
   """
 
   def __init__(self):
@@ -492,9 +458,8 @@ class Preemption:
 
 def keep_tokenizer(workdir: str, path: str) -> str:
   """Copies a run's tokenizer file into `<workdir>/tokenizer/` (process 0,
-  once) and returns the name checkpoints record, relative to the workdir:
-  a workdir copied to another machine, or outliving the cache its
-  vocabulary was made in, still has it."""
+  once), so that a moved workdir still has it, and returns the
+  workdir-relative name that checkpoints record."""
   source = epath.Path(path)
   if source.is_dir():  # A model directory: its WordPiece vocabulary.
     source = source / 'vocab.txt'
@@ -514,11 +479,8 @@ def keep_tokenizer(workdir: str, path: str) -> str:
 
 def tokenizer_of(step: 'Step') -> str | None:
   """The tokenizer file a step records, inside its workdir (None when it
-  records none, or the file is gone).
-
-  Raises:
-    CheckpointError: a recorded name that leads out of the workdir.
-  """
+  records none, or the file is gone); `CheckpointError` for a name that
+  leads out of the workdir."""
   recorded = step.meta.get('tokenizer')
   if not recorded:
     return None
@@ -537,10 +499,6 @@ def tokenizer_of(step: 'Step') -> str | None:
     logging.warning('%s: its tokenizer %s is gone', step.path, path)
     return None
   return path
-
-
-# ---------------------------------------------------------------------------
-# A step as a model.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -589,12 +547,7 @@ def _read_only_manager(directory: str) -> ocp.CheckpointManager:
 
 def find_step(path: str) -> Step:
   """The complete step `path` names (for a workdir, its newest step whose
-  record of the run reads; see `use_newest`).
-
-  Raises:
-    CheckpointError: not a training workdir or step, no complete step, or
-      no step whose record of the run can be read.
-  """
+  record of the run reads; see `use_newest`)."""
   return use_newest(path, lambda step: step)
 
 
@@ -602,11 +555,8 @@ def use_newest(path: str, use: Callable[[Step], _T]) -> _T:
   """`use(step)` on the step `path` names, or for a workdir (or its
   `checkpoints/`, `best/`) on its newest step that works: a step whose
   files are damaged (`use` or reading its record raises `CheckpointError`)
-  is skipped with a warning naming it and why.
-
-  Raises:
-    CheckpointError: as `find_step`; for a workdir, every step's reason.
-  """
+  is skipped with a warning; if none works, `CheckpointError` gives every
+  step's reason."""
   found = checkpoints_of(path)
   if found is None:
     raise CheckpointError(f'{path}: not a training workdir or checkpoint step')
@@ -652,11 +602,8 @@ def _read_step(directory: str, step: int) -> Step:
 
 def restore_params(step: Step, target: Any) -> Any:
   """Reads only the params of a step (Orbax partial restore, no optimizer
-  state) onto `target`, a tree of `jax.ShapeDtypeStruct`s with shardings.
-
-  Raises:
-    CheckpointError: params that do not restore as `target`.
-  """
+  state) onto `target`, a tree of `jax.ShapeDtypeStruct`s with shardings;
+  `CheckpointError` when they do not restore as `target`."""
   restore_args = ocp.checkpoint_utils.construct_restore_args(target)
   with _read_only_manager(step.directory) as manager:
     try:
@@ -682,15 +629,10 @@ def _first_line(error: Exception) -> str:
   return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
-# ---------------------------------------------------------------------------
-# Metrics.
-
-
 class _JsonlWriter:
-  """Appends each `write_scalars` to `metrics.jsonl` as one JSON object; a
-  clu `MetricWriter` by its methods (clu is imported only where a run
-  writes metrics: it loads TensorFlow, which model conversion does not
-  need)."""
+  """Appends each `write_scalars` to `metrics.jsonl` as one JSON object: a
+  clu `MetricWriter` by its methods only, as clu loads TensorFlow, which
+  model conversion does not need."""
 
   def __init__(self, path: epath.Path):
     self._path = path
@@ -755,12 +697,9 @@ def read_metrics(workdir: str) -> list[dict]:
 
 
 def rewind_metrics(workdir: str, step: int) -> None:
-  """Makes `metrics.jsonl` end at `step`, the step a run resumes from.
-
-  A run killed after step N but restored from an earlier checkpoint would
-  write its steps past that checkpoint a second time; those records, and
-  torn lines, are dropped (the file is replaced whole) before it does.
-  """
+  """Makes `metrics.jsonl` end at `step`, the step a run resumes from, so
+  that steps past it are not recorded twice; torn lines go too (the file
+  is replaced whole)."""
   path = epath.Path(workdir) / METRICS_FILE
   records, skipped = _parse_metrics(path)
   kept = [r for r in records if r['step'] <= step]

@@ -4,23 +4,15 @@ r"""Command line: sentence embeddings from a BERT encoder.
     --output=vectors.npy [--pooling=mean|cls] [--normalize] \
     [--max_seq_length=N] [--batch_size=N]
 
-`--model` is anything `bertjax.pretrained` loads: a Hugging Face or bertjax
-model directory, a Google TF checkpoint, a training workdir, or a pretrained
-model name (`all-minilm-l6-v2`). Only the encoder is used.
-
-Input: UTF-8 text, one text per line (`\n` or `\r\n`; the last newline is
-optional). A blank line is a text too, the empty string, embedded as
-`[CLS] [SEP]`: row i of the output is always line i of the input, so the
-vectors stay aligned with whatever else is keyed by line number. An empty
-file is an error.
-
-Each text becomes `[CLS] tokens [SEP]`, truncated to `--max_seq_length`
-(default min(512, max_position_embeddings)). `mean` pooling averages the
-final hidden states over the real tokens, [CLS] and [SEP] included (as
-sentence-transformers does); `cls` takes the final [CLS] hidden state (not
-the tanh pooler). Texts are sorted by length and batched at a few bucketed
-shapes (powers of two), so one `jax.jit` compiles a handful of times. The
-output is float32 `[lines, hidden_size]` (`np.load` reads it).
+`--model` is anything `bertjax.pretrained` loads; only its encoder is used.
+The input is UTF-8, one text per line (`\n` or `\r\n`). Row i of the output
+is always line i of the input, so a blank line is embedded too (as
+`[CLS] [SEP]`); an empty file is an error. Each text becomes
+`[CLS] tokens [SEP]`, truncated to `--max_seq_length`. `mean` pooling
+averages the final hidden states over the real tokens, [CLS] and [SEP]
+included (as sentence-transformers does); `cls` takes the final [CLS]
+hidden state (not the tanh pooler). The output is float32
+`[lines, hidden_size]` (`np.load` reads it).
 """
 
 import os
@@ -84,11 +76,11 @@ class EmbedError(ValueError):
 def _import_tokenizers() -> None:
   """Imports `data_pipeline.tokenizers`, which imports TensorFlow.
 
-  Late, so that errors found earlier need not wait for TensorFlow's slow
-  import; and with file descriptor 2 on /dev/null meanwhile, because TF
-  2.21's C++ runtime writes start-up lines ('Could not find cuda drivers
-  ...') there whatever TF_CPP_MIN_LOG_LEVEL says, burying this command's
-  one-line error report. Exceptions still propagate.
+  Late, so that earlier errors need not wait for TensorFlow's slow import;
+  with file descriptor 2 on /dev/null meanwhile, because TF 2.21's C++
+  runtime writes start-up lines ('Could not find cuda drivers ...') there
+  whatever TF_CPP_MIN_LOG_LEVEL says, burying this command's one-line error
+  report.
   """
   sys.stderr.flush()
   saved = os.dup(2)
@@ -108,15 +100,8 @@ def load_encoder(
   do_lower_case: bool | None = None,
   max_seq_length: int | None = None,
 ) -> tuple[model.BertConfig, dict[str, Any], Any]:
-  """Loads a model's encoder and its tokenizer.
-
-  Returns:
-    (config, `BertModel` params (the `bert` subtree), a
-    `data_pipeline.tokenizers.Tokenizer`).
-
-  Raises:
-    EmbedError: as `load_model`.
-  """
+  """Loads a model's encoder and its tokenizer as `load_model` does:
+  (config, `BertModel` params (the `bert` subtree), tokenizer)."""
   config, params, tokenizer = load_model(path, do_lower_case, max_seq_length)
   return config, params['bert'], tokenizer
 
@@ -127,19 +112,13 @@ def load_model(
   max_seq_length: int | None = None,
   require_heads: Sequence[str] = (),
 ) -> tuple[model.BertConfig, dict[str, Any], Any]:
-  """Loads a model (`pretrained.load`) and its tokenizer.
+  """Loads a model (`pretrained.load`) and its tokenizer: (config, params,
+  a `data_pipeline.tokenizers.Tokenizer`).
 
   `do_lower_case=None` reads the model's `tokenizer_config.json`, else infers
   it from the vocabulary; `max_seq_length` is checked against the model
-  before the (slow) tokenizer is loaded; `require_heads` as
+  (`EmbedError`) before the slow tokenizer load; `require_heads` as
   `pretrained.load`.
-
-  Returns:
-    (config, params, a `data_pipeline.tokenizers.Tokenizer`).
-
-  Raises:
-    EmbedError: a max_seq_length the model cannot take; as
-      `pretrained.load` and `pretrained.open_tokenizer`.
   """
   config, params, tokenizer_file = pretrained.load(
     pretrained.resolve(path), require_heads=require_heads
@@ -228,16 +207,11 @@ def embed_texts(
   max_seq_length: int | None = None,
   batch_size: int = 32,
 ) -> np.ndarray:
-  """Embeds texts (any strings, empty ones included) as the module says.
+  """Embeds texts (any strings, empty ones included) as the module says:
+  float32 `[len(texts), hidden_size]`, in the order of `texts`.
 
-  Args:
-    config, params: the encoder (`BertModel` params).
-    tokenizer: a `data_pipeline.tokenizers.Tokenizer` (adds no specials;
-      `[CLS]`/`[SEP]` are added here).
-    texts, pooling, normalize, max_seq_length, batch_size: as the flags.
-
-  Returns:
-    float32 `[len(texts), hidden_size]`, in the order of `texts`.
+  `params` are `BertModel`'s; the tokenizer adds no specials (`[CLS]` and
+  `[SEP]` are added here); the other arguments are as the flags.
   """
   if not texts:
     raise EmbedError('no texts to embed')
@@ -271,16 +245,13 @@ def batches(
   max_seq_length: int,
   pad_id: int,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-  """Padded batches of token id lists, shortest first.
+  """Padded batches of token id lists, shortest first: (the indices into
+  `ids` of the batch's real rows, int32 `input_ids` `[rows, seq_len]`, int32
+  0/1 `input_mask` of the same shape).
 
-  Sorting by length lets each batch pad to a short bucket (a power of two
-  from `_MIN_BUCKET` to `max_seq_length`), so a jitted function compiles a
-  handful of times; every batch has the same number of rows (the last is
-  padded with empty rows).
-
-  Yields:
-    (the indices into `ids` of the batch's real rows, int32 `input_ids`
-    `[rows, seq_len]`, int32 0/1 `input_mask` of the same shape).
+  Each batch pads to a short bucket (a power of two from `_MIN_BUCKET` to
+  `max_seq_length`), so a jitted function compiles a handful of times; every
+  batch has the same number of rows (the last is padded with empty rows).
   """
   lengths = np.array([len(x) for x in ids])
   order = np.argsort(lengths, kind='stable')

@@ -3,15 +3,13 @@ r"""Command line: score one model on a suite of fine-tuning tasks.
   python -m bertjax.evaluate --model=PATH --suite=demo|FILE.py \
     --workdir=DIR [--seeds=3] [--tasks=a,b]
 
-Fine-tunes `--model` (anything `--config.init` of `bertjax.finetune`
-takes) on every task of the suite with seeds 0 .. N-1, each run in
-`DIR/<task>/seed_<i>` (a rerun resumes unfinished runs and reuses finished
-ones), and writes `DIR/results.md` and `DIR/results.json`: per task the
-mean, standard deviation and best of the task's metric over the seeds, the
-seeds' values, and the published reference beside it where the suite gives
-one. A suite is `configs/suites/<name>.py` or a file of the same form (see
-`configs/suites/demo.py`); like `--config` files, it is Python the user
-runs.
+Fine-tunes `--model` (as `--config.init` of `bertjax.finetune`) on every
+task of the suite with seeds 0 .. N-1, each run in `DIR/<task>/seed_<i>` (a
+rerun resumes or reuses them), and writes `DIR/results.md` and
+`DIR/results.json`: per task the mean, standard deviation, best and values
+of its metric over the seeds, and the suite's published reference. A suite
+is `configs/suites/<name>.py` or a file of that form; like `--config` files,
+it is Python the user runs.
 """
 
 import importlib
@@ -49,12 +47,7 @@ RESULTS_JSON = 'results.json'
 
 
 def load_suite(name_or_path: str) -> list[dict[str, Any]]:
-  """The checked task list of a suite name or file.
-
-  Raises:
-    ValueError: no such suite, or a task that lacks a field or has a bad
-      one.
-  """
+  """The checked task list of a suite name or file (else `SuiteError`)."""
   if name_or_path.endswith('.py'):
     if not os.path.isfile(name_or_path):
       raise SuiteError(f'--suite: {name_or_path}: no such file')

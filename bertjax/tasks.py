@@ -1,28 +1,19 @@
 """Fine-tuning: task objectives, the run, and predictions of a tuned model.
 
-A fine-tuning run (`finetune`, the loop of `python -m bertjax.finetune`)
-loads any model `bertjax.pretrained` reads, keeps its encoder, puts a fresh
-head on it (`model.Head`: sequence classification, regression, token
-classification or question answering), reads the task's files
-(`data_pipeline.task_data`) with the model's own tokenizer, and trains
-with the pretraining machinery: the mesh and sharding, the optimizer and
-schedule, the jitted step with donation, Orbax checkpoints with exact
-resume, SIGTERM and NaN handling, and the metric writers (`trainer.fit`).
-It evaluates on the eval file every epoch (or every `eval_every_steps`),
-keeps the best evaluation's params in `best/` and writes that evaluation's
-predictions to `eval_predictions.jsonl`.
+`finetune` (the loop of `python -m bertjax.finetune`) puts a fresh
+`model.Head` on the encoder of any model `bertjax.pretrained` reads, trains
+it on the task's files with the model's own tokenizer through `trainer.fit`,
+evaluates every epoch (or every `eval_every_steps`), and keeps the best
+evaluation's params in `best/` and its predictions in
+`eval_predictions.jsonl`. Task kinds, their loss and eval metrics:
 
-Task kinds and their objectives:
-
-* `classification`: cross-entropy over the labels found in the training
-  file; eval accuracy, F1 and Matthews correlation (`bertjax.metrics`).
-* `regression`: squared error of one score; eval Pearson, Spearman, MSE.
-* `tagging`: cross-entropy of each word's tag at its first piece; eval
-  entity-level F1 (seqeval semantics) and token accuracy.
-* `qa`: extractive QA (SQuAD v1.1/v2.0): the mean of the start and end
+* `classification`: cross-entropy; accuracy, F1, Matthews correlation.
+* `regression`: squared error of one score; Pearson, Spearman, MSE.
+* `tagging`: cross-entropy of each word's tag at its first piece; entity
+  F1 (seqeval semantics) and token accuracy.
+* `qa`: extractive (SQuAD v1.1/v2.0): mean of the start and end
   cross-entropies over context windows; the best span over a question's
-  windows (`answers`), mapped back to characters of its context; eval
-  SQuAD exact match and F1.
+  windows (`answers`); SQuAD exact match and F1.
 """
 
 import dataclasses
@@ -79,10 +70,6 @@ def get_head(kind: str, labels: Sequence[str]) -> model.Head:
   return model.Head(
     HEAD_KINDS[kind], 1 if kind == 'regression' else len(labels)
   )
-
-
-# ---------------------------------------------------------------------------
-# Objectives (`train_step.Objective`).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,10 +187,6 @@ OBJECTIVES = {
 }
 
 
-# ---------------------------------------------------------------------------
-# Predictions and scores.
-
-
 def _to_host(x: jax.Array) -> np.ndarray:
   if x.is_fully_addressable:
     return np.asarray(x)
@@ -221,11 +204,9 @@ def predict_logits(
 ) -> list[np.ndarray]:
   """The `logits` of every example, in example order: float32 `[labels]`
   per text, `[len_i, labels]` per tagged sentence, `[len_i, 2]` (start,
-  end) per QA window.
-
-  `apply(params, batch)` returns the head's outputs; `to_device` turns a
-  host's rows into what `apply` takes (global arrays, in a training run).
-  """
+  end) per QA window. `apply(params, batch)` returns the head's outputs;
+  `to_device` turns a host's rows into the batch `apply` takes (global
+  arrays, in a training run)."""
   out: list[np.ndarray | None] = [None] * len(features)
   with progress.Progress(
     'Predicting', total=len(features), unit='examples'
@@ -421,10 +402,6 @@ def baseline(kind: str, examples, train_examples) -> tuple[str, float] | None:
   return None
 
 
-# ---------------------------------------------------------------------------
-# The run.
-
-
 def _read_data(config, cache_dir):
   """(train examples, eval examples, columns, label names in the data's
   own order or None) of `config.data`."""
@@ -537,17 +514,10 @@ def derive_run_config(
 def finetune(config: ml_collections.ConfigDict, workdir_path: str) -> dict:
   """Fine-tunes `config.init` on a task, in (and resuming from) a workdir.
 
-  Args:
-    config: a recipe from `configs/finetune/` (see its `common.py`).
-    workdir_path: checkpoints, best params, metrics, eval predictions.
-
-  Returns:
-    The last train metrics, the last eval metrics, the best eval metrics
-    under `best/...`, and for classification `baseline/accuracy`: what
-    always predicting the commonest training label scores on eval.
-
-  Raises:
-    workdir.WorkdirError: the workdir is not writable or in use.
+  `config` is a recipe from `configs/finetune/`. Returns the last train and
+  eval metrics, the best eval metrics under `best/...`, and for
+  classification `baseline/accuracy`: what always predicting the commonest
+  training label scores on eval.
   """
   with workdir.claim(workdir_path) as path:
     return _finetune(config, path)
@@ -757,10 +727,6 @@ def write_jsonl(path: str, records: Sequence[Mapping[str, Any]]) -> None:
       f.write(json.dumps(record, ensure_ascii=False) + '\n')
 
 
-# ---------------------------------------------------------------------------
-# A fine-tuned model.
-
-
 @dataclasses.dataclass
 class TunedModel:
   """A fine-tuned model loaded for prediction (`load_tuned`)."""
@@ -782,12 +748,8 @@ class TunedModel:
 
 def load_tuned(path: str) -> TunedModel:
   """The model of a fine-tuning workdir (its best params), or of one step
-  in its `best/` or `checkpoints/`.
-
-  Raises:
-    ValueError: not a fine-tuned model (`workdir.CheckpointError`), or its
-      tokenizer is gone.
-  """
+  in its `best/` or `checkpoints/`; `workdir.CheckpointError` if it is not
+  a fine-tuned model."""
   step = workdir.find_step(path)
   task = step.meta.get('task')
   if not isinstance(task, dict) or task.get('kind') not in HEAD_KINDS:

@@ -1,11 +1,10 @@
 """The run around the step: `train_and_evaluate` and the loop all runs share.
 
-Owns: deriving run quantities from the config (once), the run's jitted step
-on its mesh, and `fit`, the loop that feeds batches, logs, evaluates,
-checkpoints, resumes and stops cleanly on SIGTERM or a non-finite step.
-It is the only place where host batches become global device arrays
-(`jax.make_array_from_process_local_data`). What a step computes lives in
-`train_step`.
+Owns the run quantities derived from the config, the run's jitted step on
+its mesh, and `fit`, the loop that feeds batches, logs, evaluates,
+checkpoints, resumes and stops cleanly on SIGTERM or a non-finite step. It
+is the only place where host batches become global device arrays. What a
+step computes lives in `train_step`.
 """
 
 import dataclasses
@@ -54,14 +53,9 @@ def compute_run_shape(
   config: ml_collections.ConfigDict, devices: Sequence[Any] | None = None
 ) -> RunShape:
   """Makes the mesh `config.mesh` asks for over `devices` (by default every
-  process's; `bertjax.aot` passes a TPU slice's), checks the batch against
-  it and splits it per host and micro-batch.
-
-  Raises:
-    sharding.MeshError: a mesh the devices cannot form.
-    TrainingError: a batch that the data-parallel size, the host count or
-      the micro-batch count does not divide.
-  """
+  process's; `bertjax.aot` passes a TPU slice's), checks that the
+  data-parallel size, the host count and the micro-batch count divide the
+  batch (else `TrainingError`), and splits it per host and micro-batch."""
   devices = jax.devices() if devices is None else list(devices)
   mesh = sharding.create_mesh(tuple(config.mesh.shape), devices)
   process_count = len({d.process_index for d in devices})
@@ -196,10 +190,6 @@ class _Window:
     return out
 
 
-# ---------------------------------------------------------------------------
-# The loop.
-
-
 def _every(step: int, every: int, total: int) -> bool:
   """The one helper for every "each N steps" decision (and the last step)."""
   return step == total or (every > 0 and step % every == 0)
@@ -253,19 +243,12 @@ def pipeline_config(
 def train_and_evaluate(
   config: ml_collections.ConfigDict, workdir_path: str
 ) -> dict[str, float]:
-  """Pretrains BERT as `config` says, in (and resuming from) a workdir.
+  """Pretrains BERT as `config` (a recipe from `configs/`) says, in (and
+  resuming from) a workdir.
 
-  Args:
-    config: a recipe from `configs/` (see `configs/common.py`).
-    workdir_path: checkpoints, metrics, curves (`bertjax.workdir`).
-
-  Returns:
-    The last logged training metrics, the last eval metrics, and
-    `baseline/mlm_accuracy`: what always predicting the most frequent token
-    scores on this data.
-
-  Raises:
-    workdir.WorkdirError: the workdir is not writable or in use.
+  Returns the last logged training metrics, the last eval metrics, and
+  `baseline/mlm_accuracy`: what always predicting the most frequent token
+  scores on this data.
   """
   with workdir.claim(workdir_path) as path:
     return _train_and_evaluate(config, path)
@@ -420,20 +403,17 @@ def fit(
   """The loop every run shares, pretraining and fine-tuning alike.
 
   Resumes `state` and `train_iter` from the newest checkpoint that restores
-  (`mismatch`, raised by the iterator for a position on other data, is a
-  `TrainingError`), then feeds `train_iter`'s host batches to the jitted
-  train step up to `shape.total_steps`; writes the objective's metrics,
-  throughput and MFU every `config.log_every_steps`; calls
-  `evaluate(state, step)` every `config.eval_every_steps` and writes what
-  it returns; saves every `config.checkpoint_every_steps`, at the end and
-  on SIGTERM (then raises `cli.Preempted`);
-  and stops on a non-finite step (loss, gradients or updated params;
-  `config.nan_policy='stop'`) naming the last good checkpoint: the step
-  is checked before it is saved, so every checkpoint is finite.
+  (`mismatch`, raised by the iterator for a position on other data, becomes
+  a `TrainingError`), then runs the jitted step up to `shape.total_steps`.
+  It writes the objective's metrics, throughput and MFU every
+  `config.log_every_steps`, and what `evaluate(state, step)` returns every
+  `config.eval_every_steps`; it saves every `config.checkpoint_every_steps`,
+  at the end and on SIGTERM (then raises `cli.Preempted`). A step is checked
+  before it is saved, so every checkpoint is finite; under
+  `config.nan_policy='stop'` a non-finite step ends the run, naming the last
+  good checkpoint.
 
-  Returns:
-    (state, the step reached, the last train metrics, the last eval
-    metrics).
+  Returns (state, the step reached, last train metrics, last eval metrics).
   """
   try:
     state, start_step = checkpointer.restore_latest(
@@ -505,14 +485,12 @@ def fit(
     window.data_time += time.perf_counter() - start
     return batch
 
-  # The loop never waits for the devices between steps. Each step's metrics
-  # stay on the device until the next metric write; while a step runs, the
-  # host reads the next batch and starts its copy to the devices, then
-  # checks the step before (its finite flag, one scalar). Logging,
-  # evaluation and checkpoints wait for the step they report, and check it
-  # first, so no checkpoint holds a non-finite step. The next batch is read
-  # only after a step's checkpoint, so a checkpoint's data position is the
-  # step's own.
+  # The loop never waits for the devices between steps: metrics stay on the
+  # device until the next write, and while a step runs the host reads the
+  # next batch and checks the step before (its finite flag, one scalar).
+  # Logging, evaluation and saving wait for their step and check it first.
+  # The next batch is read only after a step's save, so a checkpoint's data
+  # position is the step's own.
   batch = None
   unchecked: tuple[int, Mapping[str, jax.Array]] | None = None
   try:
@@ -582,11 +560,8 @@ def barrier(name: str) -> None:
 
 
 def params_checksum(params: Any) -> str:
-  """Sum and sum of squares of every parameter, as float64 on the host.
-
-  Logged at the end by every process, so a multi-process run shows that all
-  processes hold the same parameters.
-  """
+  """Sum and sum of squares of every parameter, as float64 on the host:
+  logged by every process, it shows that all hold the same parameters."""
   leaves = [
     np.asarray(multihost_utils.process_allgather(x, tiled=True), np.float64)
     if not x.is_fully_addressable

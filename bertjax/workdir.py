@@ -77,6 +77,7 @@ def claim(path: str) -> Iterator[str]:
   """
   path = files.resolve(path)
   directory = epath.Path(path)
+  created = jax.process_index() == 0 and not directory.exists()
   try:
     directory.mkdir(parents=True, exist_ok=True)
     probe = directory / f'.write_probe_{jax.process_index()}'
@@ -97,10 +98,26 @@ def claim(path: str) -> Iterator[str]:
       error = WorkdirError(f'workdir {path} is in use by another run')
   if error is not None:
     raise WorkdirError(str(error)) from None
+  completed = False
   try:
     yield path
+    completed = True
   finally:
     lock.release()
+    if created and not completed:
+      _remove_if_unwritten(path)
+
+
+def _remove_if_unwritten(path: str) -> None:
+  """Deletes a workdir its failed run created but wrote nothing into (a bad
+  config or input file found before the first write), so that a typo
+  leaves no empty run behind; a workdir holding any file but the lock is
+  kept."""
+  if not files.is_local(path):
+    return
+  written = [os.path.join(r, n) for r, _, names in os.walk(path) for n in names]
+  if written == [os.path.join(path, LOCK_FILE)]:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 class _DataIteratorHandler(ocp.CheckpointHandler):

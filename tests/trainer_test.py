@@ -708,7 +708,15 @@ class ConfigErrorTest:
   )
   def test_bad_config_is_named(self, changes, message, tmp_path):
     with pytest.raises((ValueError, OSError), match=message):
-      trainer.train_and_evaluate(_config(**changes), str(tmp_path))
+      trainer.train_and_evaluate(_config(**changes), str(tmp_path / 'run'))
+    # The run wrote nothing, so the workdir it created is gone.
+    assert os.listdir(tmp_path) == []
+
+  def test_a_failed_run_keeps_a_workdir_it_did_not_create(self, tmp_path):
+    (tmp_path / 'notes.txt').write_text('mine')
+    with pytest.raises(ValueError, match='batch_size must be >= 1'):
+      trainer.train_and_evaluate(_config(batch_size=-8), str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == [workdir.LOCK_FILE, 'notes.txt']
 
   def test_unwritable_workdir(self, tmp_path):
     blocker = tmp_path / 'file'

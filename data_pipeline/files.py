@@ -1,21 +1,18 @@
 """Files that are whole or absent, and locks that die with their holder.
 
-Every file bertjax writes for a user (records' side files, vocabularies,
-predictions, embeddings, exported models, plots) goes through `replacing`
-or `write_atomic`: it is written beside its final name and renamed over it
-when complete, so a kill mid-write leaves the old file (or none), never a
-torn one. On `gs://` an object appears whole when its upload completes, so
-there the file is written in place.
+Every file bertjax writes for a user goes through `replacing` or
+`write_atomic`: written beside its final name and renamed over it when
+complete, so a kill mid-write leaves the old file (or none), never a torn
+one. On `gs://`, where an object appears whole when uploaded, the file is
+written in place.
 
-`Lock` makes a workdir or a cache entry one writer's at a time: an
-exclusive `flock` on a file, which the kernel releases when its holder
-exits, however it exits, so a lock left by a killed process is free for the
-next one (the file itself stays; what it holds says who locked it last).
-Locks are local-filesystem only (NFS included); on `gs://` there is none
-to take, and a run there relies on its launcher to start it once.
+`Lock` makes a workdir or a cache entry one writer's at a time with an
+exclusive `flock`, which the kernel releases however its holder exits (the
+file stays, saying who locked it last). Local filesystems only (NFS
+included); on `gs://` a run relies on its launcher to start it once.
 
-This lives in `data_pipeline` because both packages write files and
-`data_pipeline` imports nothing from `bertjax`.
+Here, not in `bertjax`, because both packages use it and `data_pipeline`
+imports nothing from `bertjax`.
 """
 
 import contextlib
@@ -54,16 +51,9 @@ def _file_mode() -> int:
 
 @contextlib.contextmanager
 def replacing(path: str, mode: str = 'w') -> Iterator[IO]:
-  """Opens a file that replaces `path` only if the block completes.
-
-  Args:
-    path: the final name (local or `gs://`); its directory is created.
-    mode: 'w' (text, UTF-8) or 'wb'.
-
-  Yields:
-    The open file; an exception in the block removes it and keeps `path`
-    as it was.
-  """
+  """Opens a file that replaces `path` (local or `gs://`; its directory is
+  created) only if the block completes; an exception in the block removes the
+  file and keeps `path` as it was. `mode`: 'w' (UTF-8 text) or 'wb'."""
   if mode not in ('w', 'wb'):
     raise ValueError(f'mode {mode!r} is not w or wb')
   path = os.fspath(path)
@@ -122,14 +112,13 @@ class LockedError(OSError):
 
 
 class Lock:
-  """An exclusive lock on `path` (created if absent), held until `release`
-  or the end of a `with` block, or until this process exits.
+  """An exclusive lock on `path` (created if absent), held until `release`,
+  the end of a `with` block, or the exit of this process.
 
-  Args:
-    path: the lock file; on a non-local path the lock is a no-op.
-    what: how messages name what is locked ('workdir /x', ...).
-    wait: block until the holder is done (a cache entry another process
-      is building) instead of raising `LockedError` (a workdir in use).
+  `what` names the locked thing in messages ('workdir /x'). With `wait`,
+  block until the holder is done (a cache entry another process is
+  building) instead of raising `LockedError` (a workdir in use). On a
+  non-local path the lock is a no-op.
   """
 
   def __init__(self, path: str, what: str, wait: bool = False):

@@ -1,11 +1,9 @@
-"""Progress of a long step (a download, example creation, an evaluation
-pass), for a person watching it.
+"""Progress of a long step (a download, example creation), for a person.
 
-On a terminal: tqdm's bar, redrawn in place, with the rate and an ETA,
-gone when the step ends. Anywhere else (a log file, CI, a notebook's
-captured stderr) a redrawn line would be a new line per redraw, so there:
-one INFO line every `log_every_s` seconds, and one at the end if there was
-one before (a step shorter than that says nothing).
+On a terminal: tqdm's bar, redrawn in place. Elsewhere (a log file, CI, a
+notebook) each redraw would be a new line, so there: an INFO line every
+`log_every_s` seconds, and one at the end if any came before (a shorter
+step says nothing).
 
   with progress.Progress('Creating examples', total=size, unit='B') as bar:
     for chunk in ...:

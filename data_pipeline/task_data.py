@@ -1,27 +1,14 @@
 """Fine-tuning data: labelled files -> tokenized examples -> batches.
 
-This module owns what a fine-tuning task reads and feeds: the file formats
-(CSV, TSV and JSONL with named columns; CoNLL-style token/tag files), the
-label set, tokenization with the checkpoint's own vocabulary into BERT's
-input (`[CLS] A [SEP]` or `[CLS] A [SEP] B [SEP]`; for tagging, the label on
-the first piece of each word), and the batches: length-bucketed, padded to a
-few shapes, shuffled per epoch from a seed, each host taking its rows of
-every global batch, and resumable at any batch.
+Task kinds (`KINDS`): `classification` (a label name per text or text pair,
+as the file spells it) and `regression` (a float score) from CSV, TSV or
+JSONL with named columns; `tagging` (a tag per word) from CoNLL-style files;
+`qa` from SQuAD v1.1/v2.0 JSON. Any kind can also come from a prepared TFDS
+dataset (`read_tfds`).
 
-Task kinds:
-
-* `classification`: a label per text or text pair (names are strings, as
-  the file spells them).
-* `regression`: a float score per text or text pair.
-* `tagging`: a tag per word (`B-PER`, `I-PER`, `O`, ...).
-* `qa`: extractive question answering on SQuAD v1.1 / v2.0 JSON: each
-  question with its context becomes one or more windows of the context
-  (`doc_stride` apart), each token keeping the character span of the
-  context it came from, so answers map back to the original text.
-
-Every row is checked as it is read: a bad row is a `DataError` naming the
-file and the row (line for JSONL and CoNLL, record for CSV/TSV, the header
-being record 1), or, with `skip_bad_rows`, a counted and logged skip.
+A bad row is a `DataError` naming the file and row (line for JSONL and
+CoNLL, record for CSV/TSV with the header as record 1), or, with
+`skip_bad_rows`, a counted and logged skip.
 """
 
 import csv
@@ -75,10 +62,6 @@ class Example:
   qid: str = ''
 
 
-# ---------------------------------------------------------------------------
-# Files.
-
-
 def file_format(path: str) -> str:
   """'csv', 'tsv', 'jsonl' or 'conll', from the file name."""
   name = path.lower()
@@ -106,18 +89,10 @@ def read_examples(
   labelled: bool = True,
   skip_bad_rows: bool = False,
 ) -> list[Example]:
-  """Reads a task file (see the module docstring for formats and errors).
+  """Reads a task file (formats and bad rows: see the module docstring).
 
-  Args:
-    path: a .csv, .tsv, .jsonl or (tagging) CoNLL file.
-    kind: one of KINDS.
-    columns: the fields of a CSV/TSV/JSONL row.
-    labelled: whether rows must carry labels (False: text to predict on).
-    skip_bad_rows: log and skip a bad row instead of failing.
-
-  Raises:
-    DataError: no such file, an unknown format, a bad row (unless skipped),
-      or no examples at all.
+  `labelled=False` reads text to predict on. Raises DataError for a missing
+  file, an unknown format, a bad row (unless `skip_bad_rows`), or no rows.
   """
   if kind not in KINDS:
     raise DataError(f'task kind {kind!r} is not one of {", ".join(KINDS)}')
@@ -304,21 +279,14 @@ def read_tfds(
 ) -> tuple[list[Example], list[str] | None]:
   """Reads a prepared TFDS dataset as task examples; never downloads.
 
-  Returns:
-    The examples, and the label (or tag) names in the dataset's order when
-    its label is a `ClassLabel` (GLUE's positive class is its label 1:
-    keeping the order keeps F1 GLUE's), else None.
+  Returns the examples, and the label (or tag) names in the dataset's order
+  when its label is a `ClassLabel`, else None (GLUE's positive class is its
+  label 1: keeping the order keeps F1 GLUE's).
 
-  Features by kind: text (and pair) and label columns (a `ClassLabel`
-  label reads as its name; GLUE's unlabelled -1 fails); tagging: the words
-  column `columns.text` (e.g. conll2003's `tokens`) and the tags column
-  `columns.label` (e.g. `ner`); QA: SQuAD's `id`, `question`, `context`
-  and `answers` (`text`, `answer_start`).
-
-  Raises:
-    DataError: not prepared in `data_dir` (prepare it once where it can be
-      downloaded: `tfds build NAME`), an unknown split or feature, or a bad
-      example.
+  Features: text (and pair) and label columns, a `ClassLabel` label read as
+  its name (GLUE's unlabelled -1 fails); tagging: words `columns.text` (e.g.
+  conll2003's `tokens`) and tags `columns.label` (e.g. `ner`); QA: SQuAD's
+  `id`, `question`, `context` and `answers` (`text`, `answer_start`).
   """
   import tensorflow_datasets as tfds  # Heavy; only TFDS inputs need it.
 
@@ -473,8 +441,8 @@ def _squad_rows(path, labelled) -> Iterator[Any]:
 
 
 def label_names(examples: Sequence[Example], kind: str) -> list[str]:
-  """The sorted label (or tag) names of training examples; regression has
-  none."""
+  """The sorted label (or tag) names of training examples (none for
+  regression and QA)."""
   if kind in ('regression', 'qa'):
     return []
   if kind == 'tagging':
@@ -522,12 +490,10 @@ DEMOS = ('sentiment-en',)
 
 
 def demo_files(name: str, cache_dir: str | None = None) -> tuple[str, str]:
-  """Writes (once) and returns the train and eval CSV files of a demo task.
+  """The train and eval CSV files of demo task `name`, written once.
 
-  `sentiment-en`: Rotten Tomatoes snippets (`corpora` 'sentiment-en'),
-  columns `text` and `label` (`fresh` or `rotten`; the `plot` summaries are
-  left out); every fifth snippet is held out for eval.
-  """
+  `sentiment-en`: Rotten Tomatoes snippets, columns `text` and `label`
+  (`fresh` or `rotten`; `plot` left out), every fifth held out for eval."""
   import bz2  # Only the demo reads a compressed file.
 
   from data_pipeline import corpora
@@ -557,24 +523,20 @@ def demo_files(name: str, cache_dir: str | None = None) -> tuple[str, str]:
   return os.fspath(train), os.fspath(held_out)
 
 
-# ---------------------------------------------------------------------------
-# Features.
-
-
 @dataclasses.dataclass
 class Features:
   """Tokenized examples, ragged: what batches are cut from.
 
   `input_ids[i]` and `segment_ids[i]` are int32 `[len_i]` with [CLS] and
   [SEP]s; `labels[i]` is an int class, a float score, or (tagging) an int32
-  `[len_i]` array with -1 where no label is predicted (specials and word
-  continuations); `word_index[i]` (tagging) maps each token to its word, -1
-  for none. `truncated` counts examples cut to max_seq_length.
+  `[len_i]` array, -1 where no label is predicted (specials and word
+  continuations); `word_index[i]` (tagging) is each token's word, -1 for
+  none. `truncated` counts examples cut to max_seq_length.
 
-  QA: one feature per window; `labels[i]` is int32 `[2]`, the answer's
-  start and end token (0, 0: no answer in this window, or none at all);
-  `example_index[i]` is the window's example and `char_spans[i]` int32
-  `[len_i, 2]` the context characters of each token (-1 outside it).
+  QA: one feature per window; `labels[i]` is int32 `[2]`, the answer's start
+  and end token ((0, 0): no answer in this window, or none at all);
+  `example_index[i]` is the window's example, `char_spans[i]` int32
+  `[len_i, 2]` each token's context characters (-1 outside the context).
   """
 
   kind: str
@@ -613,14 +575,11 @@ def encode(
 ) -> Features:
   """Tokenizes examples into BERT inputs (see `Features`).
 
-  Args:
-    examples: as `read_examples` gives.
-    tokenizer: a `data_pipeline.tokenizers.Tokenizer`.
-    kind: one of KINDS.
-    max_seq_length: tokens per example, specials included (>= 3).
-    label_names_: class or tag names, by id (unused for regression, QA).
-    doc_stride, max_query_length: QA only: the distance between the starts
-      of a context's windows, and the tokens a question keeps.
+  Inputs are `[CLS] A [SEP]` or `[CLS] A [SEP] B [SEP]`, a word's tag on its
+  first piece; `max_seq_length` counts the specials (>= 3). `label_names_`
+  are the class or tag names by id (unused for regression and QA). QA: each
+  question becomes context windows `doc_stride` tokens apart; a question
+  keeps at most `max_query_length` tokens.
   """
   if max_seq_length < 3:
     raise DataError(f'max_seq_length must be >= 3, got {max_seq_length}')
@@ -675,10 +634,6 @@ def encode(
     else:
       out.labels.append(index.get(e.label, -1))
   return out
-
-
-# ---------------------------------------------------------------------------
-# Batches.
 
 
 def context_windows(
@@ -805,10 +760,9 @@ def epoch_batches(
 ) -> list[np.ndarray]:
   """The example indices of each global batch of one training epoch.
 
-  A seeded permutation of the examples; with `bucketing`, windows of 32
-  batches are sorted by length before they are cut, so a batch holds
-  examples of similar length, and the batches are then shuffled. The last
-  batch of an epoch may be short (it is padded with masked rows).
+  A seeded permutation; with `bucketing`, windows of 32 batches are sorted by
+  length before they are cut (similar lengths per batch), and the batches
+  then shuffled. The last batch may be short (padded with masked rows).
   """
   rng = np.random.default_rng([seed, epoch])
   order = rng.permutation(len(lengths))
@@ -830,10 +784,10 @@ class TrainBatches(Iterator[dict[str, np.ndarray]]):
   """Endless training batches, epoch after epoch, that resume exactly.
 
   Every host computes the same global batch order (`epoch_batches`) and
-  returns its own rows of each batch, so resuming onto any host count gives
-  the same global batches. The position is the number of batches taken;
-  `save`/`restore` write and read it (with a fingerprint of the data and
-  settings, so a workdir of another run is refused).
+  takes its own rows of each batch, so resuming onto any host count gives the
+  same global batches. `position` counts the batches taken; `save`/`restore`
+  write and read it with a fingerprint of the data and settings, so a workdir
+  of another run is refused.
   """
 
   def __init__(

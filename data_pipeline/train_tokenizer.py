@@ -1,17 +1,12 @@
 """Trains a BERT vocabulary: a SentencePiece model or a WordPiece vocab.txt.
 
-This CLI owns building new vocabularies from text files (one sentence or
-document per line; gs:// globs work). Both kinds reserve the BERT specials as
-single ids, first: [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4 (BERT's own
-vocabs put [UNK]..[MASK] at 100..103; a new vocab has no reason to).
-
-SentencePiece (unigram or bpe) gets [PAD]/[UNK] as its pad/unk pieces and
-[CLS]/[SEP]/[MASK] as user-defined symbols, so a literal '[MASK]' in text
-stays one token; it writes PREFIX.model and PREFIX.vocab. WordPiece uses
-Hugging Face `tokenizers` with BERT's normaliser and writes PREFIX.vocab.txt.
-Open either with data_pipeline.tokenizers.create_tokenizer.
-
-Usage:
+Both kinds reserve the BERT specials first, as single ids: [PAD]=0 [UNK]=1
+[CLS]=2 [SEP]=3 [MASK]=4 (BERT's own vocabs put [UNK]..[MASK] at 100..103;
+a new vocab has no reason to). SentencePiece (unigram, bpe) writes
+PREFIX.model and PREFIX.vocab, with [CLS]/[SEP]/[MASK] as user-defined
+symbols so a literal '[MASK]' stays one token; WordPiece (Hugging Face
+`tokenizers`, BERT's normaliser) writes PREFIX.vocab.txt. Open either with
+data_pipeline.tokenizers.create_tokenizer.
 
   python -m data_pipeline.train_tokenizer --input_files='/data/news/*.txt' \\
     --model_prefix=/tmp/news_sp --vocab_size=8000 --model_type=unigram
@@ -96,12 +91,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 def main(
   argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
 ) -> list[str]:
-  """Trains the vocabulary the flags describe; returns the files written.
-
-  Raises:
-    FileNotFoundError: an input pattern matches nothing.
-    tokenizers.VocabError: a missing flag, no text, or the trainer failed.
-  """
+  """Trains the vocabulary the flags describe and returns the files written;
+  raises FileNotFoundError when an input pattern matches nothing, and
+  tokenizers.VocabError for a missing flag, no text, or a failed trainer."""
   del argv
   fv = flag_values
   for name in ('input_files', 'model_prefix', 'vocab_size'):

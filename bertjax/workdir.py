@@ -30,6 +30,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -377,6 +378,7 @@ class Checkpointer:
       except mismatch:
         raise
       except Exception as e:  # noqa: BLE001 - whatever a damaged file raises.
+        _drop_orbax_read_echoes()
         reason = _first_line(e)
       # Every process must pick the same step.
       if jax.process_count() > 1:
@@ -610,6 +612,7 @@ def _read_step(directory: str, step: int) -> Step:
         step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
       ).meta
     except Exception as e:  # noqa: BLE001 - Orbax raises bare Exceptions.
+      _drop_orbax_read_echoes()
       raise CheckpointError(
         f'{os.path.join(directory, str(step))}: not a readable training '
         f'checkpoint ({_first_line(e)})'
@@ -635,11 +638,33 @@ def restore_params(step: Step, target: Any) -> Any:
         ),
       )
     except Exception as e:  # noqa: BLE001 - Orbax raises bare Exceptions.
+      _drop_orbax_read_echoes()
       raise CheckpointError(
         f'{step.path}: its params do not restore as the recorded model '
         f'({_first_line(e)})'
       ) from e
   return restored.state['params']
+
+
+@functools.cache
+def _drop_orbax_read_echoes() -> None:
+  """Keeps a failed restore's error from being printed again, many times.
+
+  Orbax's per-array read coroutine turns any exception (`GeneratorExit`
+  included) into a new one, so the reads still pending when one failed
+  each raise again when the garbage collector closes them, and Python
+  prints every one as "Exception ignored in <coroutine ...>", long after
+  the damaged step was reported and skipped. Those, and only those, are
+  dropped here, from the first failed restore on.
+  """
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    name = getattr(unraisable.object, '__qualname__', '')
+    if name != '_read_array_index_and_device_put':
+      previous(unraisable)
+
+  sys.unraisablehook = hook
 
 
 def _first_line(error: Exception) -> str:

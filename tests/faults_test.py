@@ -375,6 +375,48 @@ def test_a_damaged_newest_step_falls_back_to_the_one_before(
   assert _tree_checksums(run / 'checkpoints' / fallback) == kept
 
 
+def test_the_echoes_of_a_failed_orbax_read_are_not_printed():
+  """Orbax's read coroutine re-raises the `GeneratorExit` that closing it
+  throws in, so each read pending at a failure is printed again ("Exception
+  ignored in ...") when collected; after a failed restore only those are
+  dropped."""
+  script = textwrap.dedent(
+    """
+    import types
+    from bertjax import workdir
+
+    @types.coroutine
+    def pending():
+      yield
+
+    async def _read_array_index_and_device_put():
+      try:
+        await pending()
+      except BaseException as e:
+        raise Exception('read failed') from e
+
+    async def other():
+      try:
+        await pending()
+      except BaseException as e:
+        raise Exception('other failed') from e
+
+    workdir._drop_orbax_read_echoes()
+    for make in (_read_array_index_and_device_put, other):
+      coroutine = make()
+      coroutine.send(None)
+      del coroutine  # Closed here, as the collector would.
+    """
+  )
+  result = subprocess.run(
+    [sys.executable, '-c', script], capture_output=True, text=True, env=_env()
+  )
+  assert result.returncode == 0, result.stderr
+  assert result.stderr.count('Exception ignored') == 1
+  assert 'other failed' in result.stderr
+  assert 'read failed' not in result.stderr
+
+
 # ---------------------------------------------------------------------------
 # Disks that refuse writes.
 

@@ -17,7 +17,7 @@ from typing import Any
 from absl import flags, logging
 from ml_collections import config_flags
 
-from data_pipeline import cli
+from data_pipeline import cli, corpora
 
 _CONFIG = config_flags.DEFINE_config_file(
   'config',
@@ -43,6 +43,14 @@ _MULTIHOST = flags.DEFINE_bool(
   'Call jax.distributed.initialize() with auto-detection (Cloud TPU VM, '
   'SLURM, ...).',
 )
+_COMPILATION_CACHE = flags.DEFINE_string(
+  'compilation_cache_dir',
+  None,
+  'Where JAX keeps compiled steps, so that a rerun or a resume of the same '
+  'recipe loads them instead of compiling again; "" turns it off. Default: '
+  '$JAX_COMPILATION_CACHE_DIR, else jax/ in the bertjax cache '
+  '($BERTJAX_CACHE_DIR, else ~/.cache/bertjax).',
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -64,6 +72,18 @@ def _initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
+def _use_compilation_cache() -> None:
+  import jax
+
+  path = _COMPILATION_CACHE.value
+  if path is None:
+    if jax.config.jax_compilation_cache_dir:  # From the environment.
+      return
+    path = os.fspath(corpora.get_cache_dir() / 'jax')
+  if path:
+    jax.config.update('jax_compilation_cache_dir', path)
+
+
 def _main(run: Callable[[Any, str], Any]) -> Callable[[list[str]], None]:
   def main(argv):
     del argv
@@ -75,6 +95,7 @@ def _main(run: Callable[[Any, str], Any]) -> Callable[[list[str]], None]:
 
     tf.config.set_visible_devices([], 'GPU')
     _initialize_distributed()
+    _use_compilation_cache()
     run(_CONFIG.value, _WORKDIR.value)
 
   return main

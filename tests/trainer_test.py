@@ -425,7 +425,12 @@ class ProcessTest:
   ):
     del demo_data
     run = tmp_path / 'run'
-    flags = ['--config.num_train_steps=400', '--config.log_every_steps=1']
+    compiled = tmp_path / 'compiled'
+    flags = [
+      '--config.num_train_steps=400',
+      '--config.log_every_steps=1',
+      f'--compilation_cache_dir={compiled}',
+    ]
     proc = subprocess.Popen(
       _train_cmd(run, *flags, '--config.checkpoint_every_steps=0'),
       env=_env(),
@@ -448,6 +453,8 @@ class ProcessTest:
       f'{saved[0]} is saved in {run}: the same command resumes'
     )
     first_stop = saved[0]
+    # The compiled train step was kept where the flag said, for the resume.
+    assert any(compiled.iterdir())
 
     # Resume, then kill -9 once a new checkpoint is complete.
     proc = subprocess.Popen(

@@ -5,13 +5,13 @@ r"""Command line: sentence embeddings from a BERT encoder.
     [--max_seq_length=N] [--batch_size=N]
 
 `--model` is anything `bertjax.pretrained` loads; only its encoder is used.
-The input is UTF-8, one text per line (`\n` or `\r\n`). Row i of the output
-is always line i of the input, so a blank line is embedded too (as
-`[CLS] [SEP]`); an empty file is an error. Each text becomes
-`[CLS] tokens [SEP]`, truncated to `--max_seq_length`. `mean` pooling
-averages the final hidden states over the real tokens, [CLS] and [SEP]
-included (as sentence-transformers does); `cls` takes the final [CLS]
-hidden state (not the tanh pooler). The output is float32
+The input is UTF-8, one text per line (`\n` or `\r\n`; a final newline
+adds no text). Row i of the output is always line i of the input, so a
+blank line is embedded too (as `[CLS] [SEP]`); an empty file is an error.
+Each text becomes `[CLS] tokens [SEP]`, truncated to `--max_seq_length`.
+`mean` pooling averages the final hidden states over the real tokens, [CLS]
+and [SEP] included (as sentence-transformers does); `cls` takes the final
+[CLS] hidden state (not the tanh pooler). The output is float32
 `[lines, hidden_size]` (`np.load` reads it).
 """
 

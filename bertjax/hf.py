@@ -244,10 +244,11 @@ def params_from_hf(
 
   Takes either naming (LayerNorm `gamma`/`beta` read as `weight`/`bias`).
   A missing encoder tensor, a shape that does not fit `config`, an MLM
-  decoder that differs from the word embeddings (bertjax ties them) or a
-  missing head of `require_heads` raises `model.WeightsError`; other missing
-  heads are initialised from `rng` (default key 0), and other heads'
-  tensors are ignored with a warning.
+  decoder that differs from the word embeddings (bertjax ties them), a head
+  only partly present or a missing head of `require_heads` raises
+  `model.WeightsError`; other wholly missing heads are initialised from
+  `rng` (default key 0), and other heads' tensors are ignored with a
+  warning.
 
   Returns the params of `BertForPreTraining` (numpy arrays of
   `config.param_dtype`, layers stacked when `config.scan_layers`) and the

@@ -4,8 +4,10 @@ Owns the network only: `BertConfig`, the size presets, the encoder
 `BertModel` and the output layers a `Head` names (`BertForPreTraining`, with
 the MLM head tied to the word embeddings, and the fine-tuning heads), laid
 out as transformers' classes of the same names so that weights map one to
-one. It never sees a mesh: parameters and activations carry logical axis
-names, which `sharding.py` maps onto mesh axes.
+one. It imports nothing from training, data or checkpointing and never sees
+a mesh: parameters and activations carry logical axis names, which
+`sharding.py` maps onto mesh axes (the activation constraints are no-ops
+unless the caller installs axis rules, so the modules run without one).
 
 Semantics follow google-research/bert `modeling.py`: exact-erf GELU, post-LN,
 an additive padding mask, MLM logits only at `masked_lm_positions`. With

@@ -57,7 +57,8 @@ PRESETS = {
 
 def resolve(name_or_path: str) -> str:
   """A model path: `name_or_path` itself, or the directory a preset name is
-  fetched into (checksum-verified, cached; `data_pipeline.corpora`)."""
+  fetched into (checksum-verified, cached; `data_pipeline.corpora`);
+  `FileNotFoundError` when it is neither."""
   if '://' in name_or_path or any(
     os.path.exists(name_or_path + suffix) for suffix in ('', '.index')
   ):
@@ -71,7 +72,8 @@ def resolve(name_or_path: str) -> str:
 
 
 def detect_format(path: str) -> str:
-  """What `path` holds: 'bertjax', 'hf', 'google' or 'training'."""
+  """What `path` holds: 'bertjax', 'hf', 'google' or 'training'
+  (`FileNotFoundError`: none of these)."""
   if workdir.checkpoints_of(path) is not None:
     return 'training'
   if os.path.isdir(os.path.join(path, PARAMS_DIR)):
@@ -128,7 +130,8 @@ def open_tokenizer(
   source: str,
 ) -> Any:
   """A model's `data_pipeline.tokenizers.Tokenizer`, checked against it
-  (`model.WeightsError`: more ids than the model has rows).
+  (`FileNotFoundError`: `source` has none; `model.WeightsError`: more ids
+  than the model has rows).
 
   `do_lower_case=None` reads the `tokenizer_config.json` beside a WordPiece
   vocabulary, else infers it from the vocabulary.
@@ -295,8 +298,9 @@ def load(
 
   Returns (config with the overrides, params, tokenizer file or None). The
   params are `BertForPreTraining`'s, or a fine-tuning workdir's head's
-  (`head_of_step`); every format has the encoder under `bert`. A model
-  bertjax cannot use as asked raises a `ValueError`.
+  (`head_of_step`); every format has the encoder under `bert`. No model at
+  `path`, or a file it needs missing, raises `FileNotFoundError`; a model
+  bertjax cannot use as asked, a `ValueError`.
   """
   kind = detect_format(path)
   if kind in ('bertjax', 'training'):

@@ -3,7 +3,8 @@
 A mistake in what a user gave (a flag, a file, a config, a checkpoint) is
 one line, `prog: error: ...`, with exit status 2, not a traceback; a run
 stopped by SIGTERM after saving exits with 75 (`Preempted`). Library code
-raises its own error classes; a command's `__main__` turns them into that
+raises its own error classes (`ValueError` subclasses for bad content,
+`OSError` ones for files); a command's `__main__` turns them into that
 line through `run` (`is_user_error` says which). Other exceptions are bugs
 and keep their traceback; BERTJAX_TRACEBACK=1 shows it for user errors too.
 

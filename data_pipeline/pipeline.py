@@ -21,17 +21,22 @@ Batches (per host, `B = per_host_batch_size`, `L = max_seq_length`,
 `example_mask` `[B]` int32, 0 at padding.
 
 Packing (`packing=True`, training only): rows hold several examples, each
-row masked as one sequence (`_pack`). Rows add `example_ids` `[B, L]` (1,
-2, ... per example, 0 at padding; the model restarts positions and confines
-attention by them) and have `cls_positions`, `next_sentence_labels` and
-`next_sentence_weights` `[B, E]`, `E = max_examples_per_row`.
+row masked as one sequence (`_pack`): `masked_lm_prob` of its real tokens,
+capped at `max_predictions_per_seq` per row, not per example. Rows add
+`example_ids` `[B, L]` (1, 2, ... per example, 0 at padding; the model
+restarts positions and confines attention by them) and have
+`cls_positions`, `next_sentence_labels` and `next_sentence_weights`
+`[B, E]`, `E = max_examples_per_row`.
 
-Records hold the original BERT features, masked or not (unmasked ones are
-masked afresh every epoch), and may hold `word_starts` `[L]` for whole-word
-masking of Chinese text.
+Records hold int64 features as google-research/bert writes them
+(`next_sentence_labels` optional, `masked_lm_*` all or none; the format is
+read off the first record). Unmasked ones are masked afresh every epoch;
+int64 `word_starts` `[L]`, when present, replaces the vocabulary's `##` rule
+in whole-word masking (Chinese text).
 
 Exact resume. File order, shuffle windows and every example's mask are
-stateless functions of the seed, the epoch and the position in the stream;
+stateless functions of the seed, the epoch and the position in the stream
+(batches run across epochs);
 `save` writes the `tf.data` iterator state and a fingerprint of the config
 and files that `restore` checks, so a restored iterator yields exactly the
 batches the uninterrupted one would. (`experimental_symbolic_checkpoint`
@@ -39,10 +44,14 @@ would save less, but costs much throughput and does not support `rebatch`.)
 
 Host sharding. The global batch is the hosts' batches concatenated in host
 order, as `jax.make_array_from_process_local_data` lays it out. With 'files'
-(the default) host `i` of `n` reads files `i, i + n, ...`, and a saved state
-holds for `n` hosts only. With 'batch' every host reads all records and keeps
-its rows of each global batch: the global batches, masks included, are those
-of one host for any `n`, so a run can resume on another host count.
+(the default) host `i` of `n` reads files `i, i + n, ...` (with fewer than
+`n` files, every host reads all of them and keeps records `i, i + n, ...`);
+hosts' epochs may differ in length, and training repeats, so none runs dry.
+Its saved state holds for `n` hosts only: on another host count, start
+afresh, ideally with a new seed. With 'batch' every host reads all records
+and keeps its rows of each global batch: the global batches, masks
+included, are those of one host for any `n`, so a run can resume on another
+host count (re-reading its epoch up to the saved position).
 """
 
 import collections.abc
@@ -89,7 +98,9 @@ class PipelineConfig:
       to mask unmasked records.
     mlm: masking options; `max_predictions_per_seq` must match pre-masked
       records.
-    shuffle_window: records shuffled together; 1 reads files in order.
+    shuffle_window: records are permuted within disjoint windows of this
+      many consecutive records (after a 16-file interleave); 1 reads files
+      in order.
     host_sharding: 'files' or 'batch' (see the module docstring); eval is
       unaffected.
     packing: training rows hold up to `max_examples_per_row` examples each;
@@ -488,6 +499,9 @@ def _fingerprint(config, files, *hosts) -> str:
 
 class Iterator(collections.abc.Iterator):
   """Numpy batches from a `tf.data` pipeline, with a savable position.
+
+  A corrupt record raises `tf.errors.DataLossError` naming the first bad
+  file (TF's own error names none).
 
   Attributes:
     batches: batches returned since the start of the run, restored too.

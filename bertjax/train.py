@@ -17,7 +17,7 @@ from typing import Any
 from absl import flags, logging
 from ml_collections import config_flags
 
-from data_pipeline import cli, corpora
+from data_pipeline import cli, corpora, files
 
 _CONFIG = config_flags.DEFINE_config_file(
   'config',
@@ -80,8 +80,22 @@ def _use_compilation_cache() -> None:
     if jax.config.jax_compilation_cache_dir:  # From the environment.
       return
     path = os.fspath(corpora.get_cache_dir() / 'jax')
-  if path:
-    jax.config.update('jax_compilation_cache_dir', path)
+  if not path:
+    return
+  if files.is_local(path):
+    # JAX would warn at every compile instead, and run without it.
+    try:
+      os.makedirs(path, exist_ok=True)
+      if not os.access(path, os.W_OK):
+        raise PermissionError('not writable')
+    except OSError as e:
+      if _COMPILATION_CACHE.value is not None:
+        raise cli.UsageError(
+          f'--compilation_cache_dir={path}: {e.strerror or e}'
+        ) from None
+      logging.warning('No compilation cache: %s is unusable (%s)', path, e)
+      return
+  jax.config.update('jax_compilation_cache_dir', path)
 
 
 def _main(run: Callable[[Any, str], Any]) -> Callable[[list[str]], None]:

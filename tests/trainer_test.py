@@ -611,6 +611,22 @@ class ProcessTest:
       'bertjax.train: error: --config: configs/nope.py: no such file'
     )
 
+  def test_an_unusable_compilation_cache_is_one_line(self, tmp_path):
+    blocker = tmp_path / 'file'
+    blocker.write_text('x')
+    result = subprocess.run(
+      _train_cmd(tmp_path / 'run', f'--compilation_cache_dir={blocker}/jax'),
+      env=_env(),
+      capture_output=True,
+      text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+      f'bertjax.train: error: --compilation_cache_dir={blocker}/jax: Not a '
+      'directory'
+    )
+    assert not (tmp_path / 'run').exists()
+
 
 _RESTART_PROBE = """
 import json, os, sys

@@ -378,7 +378,6 @@ class Checkpointer:
       except mismatch:
         raise
       except Exception as e:  # noqa: BLE001 - whatever a damaged file raises.
-        _drop_orbax_read_echoes()
         reason = _first_line(e)
       # Every process must pick the same step.
       if jax.process_count() > 1:
@@ -612,7 +611,6 @@ def _read_step(directory: str, step: int) -> Step:
         step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
       ).meta
     except Exception as e:  # noqa: BLE001 - Orbax raises bare Exceptions.
-      _drop_orbax_read_echoes()
       raise CheckpointError(
         f'{os.path.join(directory, str(step))}: not a readable training '
         f'checkpoint ({_first_line(e)})'
@@ -638,7 +636,6 @@ def restore_params(step: Step, target: Any) -> Any:
         ),
       )
     except Exception as e:  # noqa: BLE001 - Orbax raises bare Exceptions.
-      _drop_orbax_read_echoes()
       raise CheckpointError(
         f'{step.path}: its params do not restore as the recorded model '
         f'({_first_line(e)})'
@@ -655,7 +652,9 @@ def _drop_orbax_read_echoes() -> None:
   each raise again when the garbage collector closes them, and Python
   prints every one as "Exception ignored in <coroutine ...>", long after
   the damaged step was reported and skipped. Those, and only those, are
-  dropped here, from the first failed restore on.
+  dropped. Installed when this module is imported, so that every Orbax
+  restore in bertjax (here and in `pretrained`, which imports this) is
+  covered without a call at each place that catches a failed one.
   """
   previous = sys.unraisablehook
 
@@ -665,6 +664,9 @@ def _drop_orbax_read_echoes() -> None:
       previous(unraisable)
 
   sys.unraisablehook = hook
+
+
+_drop_orbax_read_echoes()
 
 
 def _first_line(error: Exception) -> str:

@@ -195,7 +195,6 @@ def download(
     )
     path.unlink(missing_ok=True)
   url = find_distribution_url(corpus.project, corpus.filename, index_url)
-  dist_dir.mkdir(parents=True, exist_ok=True)
   logging.info('Downloading %s from %s', corpus.filename, url)
   with files.replacing_path(os.fspath(path)) as tmp:
     with open(tmp, 'wb') as f:
